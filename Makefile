@@ -1,0 +1,74 @@
+# Switchyard developer commands. `make run` runs the platform; `make test` runs every check.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+export PYTHONPATH := src:.
+export DJANGO_SETTINGS_MODULE ?= config.settings
+
+.PHONY: help venv run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench clean
+
+help:
+	@echo "make run     - run web + three worker pools + beat with the fake provider (prints a demo API key)"
+	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, the whole pytest suite"
+	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
+	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks"
+
+$(BIN)/.installed: pyproject.toml
+	@PY=$$(scripts/find-python.sh) && { [ -x $(BIN)/python ] || "$$PY" -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	@scripts/run.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: venv
+	$(BIN)/mypy src contracts tests bench
+
+imports: venv
+	$(BIN)/lint-imports --config importlinter.ini
+
+openapi: venv
+	DJANGO_SETTINGS_MODULE=config.settings_test $(BIN)/python manage.py spectacular --validate --fail-on-warn --file contracts/openapi.yaml
+
+openapi-check: venv
+	@tmp=$$(mktemp) && DJANGO_SETTINGS_MODULE=config.settings_test $(BIN)/python manage.py spectacular --validate --fail-on-warn --file $$tmp \
+	  && if diff -u contracts/openapi.yaml $$tmp; then echo "OpenAPI: contracts/openapi.yaml is up to date"; rm -f $$tmp; \
+	  else echo "OpenAPI drift: run 'make openapi' and commit contracts/openapi.yaml" >&2; rm -f $$tmp; exit 1; fi
+
+pytest: venv
+	scripts/ensure-services.sh
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+pytest-slow: venv
+	scripts/ensure-services.sh
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+test-fast: lint typecheck imports openapi-check pytest
+
+test-slow: pytest-slow
+
+test: lint typecheck imports openapi-check
+	scripts/ensure-services.sh
+	$(BIN)/pytest --create-db $(PYTEST_ARGS)
+
+migrate: venv
+	$(BIN)/python manage.py migrate --noinput
+
+bench: venv
+	scripts/ensure-services.sh
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache staticfiles

@@ -1,0 +1,63 @@
+"""Reads and validates the environment before Django starts.
+
+Everything here is plain Python so that a broken environment produces one clear line
+on stderr (and exit status 2) instead of a traceback from deep inside Django.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or contradicts another one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """The nested time limits of SPEC §5, in seconds."""
+
+    provider_http: float
+    soft_limit: int
+    hard_limit: int
+    visibility: int
+    lease: int
+
+
+def validate_timeouts(t: Timeouts) -> list[str]:
+    """Return one message per broken link of the chain http < soft < hard < visibility < lease."""
+    chain = [
+        ("LLM_HTTP_TIMEOUT", t.provider_http),
+        ("TASK_SOFT_TIME_LIMIT", t.soft_limit),
+        ("TASK_TIME_LIMIT", t.hard_limit),
+        ("CELERY_VISIBILITY_TIMEOUT", t.visibility),
+        ("TASK_LEASE_SECONDS", t.lease),
+    ]
+    errors = [f"{name} must be positive (got {value})" for name, value in chain if value <= 0]
+    for (low_name, low), (high_name, high) in zip(chain, chain[1:], strict=False):
+        if not low < high:
+            errors.append(f"{low_name} ({low}) must be less than {high_name} ({high})")
+    return errors
+
+
+def validate_production(*, debug: bool, secret_key: str, allowed_hosts: list[str]) -> list[str]:
+    """Settings that only a development machine may leave out."""
+    if debug:
+        return []
+    errors = []
+    if not secret_key:
+        errors.append("SECRET_KEY is required when DEBUG is off")
+    elif len(secret_key) < 32:
+        errors.append("SECRET_KEY must be at least 32 characters when DEBUG is off")
+    if not allowed_hosts:
+        errors.append("ALLOWED_HOSTS is required when DEBUG is off")
+    return errors
+
+
+def fail_fast(errors: list[str]) -> None:
+    """Stop the process with a single line naming every problem."""
+    if errors:
+        sys.stderr.write("switchyard: configuration error: " + "; ".join(errors) + "\n")
+        sys.stderr.flush()
+        raise SystemExit(2)

@@ -1,0 +1,302 @@
+"""Switchyard settings: one module, everything from the environment (django-environ).
+
+Grouped in headed blocks. Anything unusual links to the documentation that explains it.
+Invalid or contradictory values stop the process with one line (see ``config.env``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import django_stubs_ext
+import environ
+
+from config.env import Timeouts, fail_fast, validate_production, validate_timeouts
+
+django_stubs_ext.monkeypatch()  # lets admin.ModelAdmin[Model] etc. be subscripted at run time
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+# ---------------------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
+_config_errors = validate_production(debug=DEBUG, secret_key=SECRET_KEY, allowed_hosts=ALLOWED_HOSTS)
+if DEBUG and not SECRET_KEY:
+    SECRET_KEY = "django-insecure-development-only-key-never-used-in-production"
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+AUTH_USER_MODEL = "users.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "kernel",
+    "users",
+    "billing",
+    "llm",
+    "analytics",
+]
+
+MIDDLEWARE = [
+    "kernel.middleware.RequestIdMiddleware",
+    "kernel.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "kernel.middleware.QueryBudgetMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+WHITENOISE_AUTOREFRESH = DEBUG
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# ---------------------------------------------------------------------------------------
+# Security: safe by default, relaxed only by DEBUG.
+# https://docs.djangoproject.com/en/6.1/howto/deployment/checklist/
+# ---------------------------------------------------------------------------------------
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
+X_FRAME_OPTIONS = "DENY"
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# ---------------------------------------------------------------------------------------
+# Database
+# Under ASGI every request may run on a new thread, so persistent per-thread
+# connections leak: the ASGI entry point sets SWITCHYARD_ASGI=1 and we take
+# connections from psycopg's pool instead (CONN_MAX_AGE=0).
+# https://docs.djangoproject.com/en/6.1/ref/databases/#connection-pool
+# Behind PgBouncer in transaction mode (DATABASE_POOLED=true) server-side cursors and
+# connection-level options do not survive, so both are switched off; set
+# statement_timeout on the database role instead (docs/operations.md).
+# ---------------------------------------------------------------------------------------
+DATABASE_POOLED = env.bool("DATABASE_POOLED", default=False)
+STATEMENT_TIMEOUT_MS = env.int("DATABASE_STATEMENT_TIMEOUT_MS", default=30_000)
+_ASGI = os.environ.get("SWITCHYARD_ASGI") == "1"
+
+
+def _database(url: str) -> dict[str, object]:
+    db: dict[str, object] = env.db_url_config(url)
+    options: dict[str, object] = dict(db.get("OPTIONS", {}))  # type: ignore[call-overload]
+    if DATABASE_POOLED:
+        db["CONN_MAX_AGE"] = 0
+        db["DISABLE_SERVER_SIDE_CURSORS"] = True
+    else:
+        options["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        if _ASGI:
+            db["CONN_MAX_AGE"] = 0
+            options["pool"] = {
+                "min_size": env.int("DATABASE_POOL_MIN", default=1),
+                "max_size": env.int("DATABASE_POOL_MAX", default=8),
+                "timeout": env.int("DATABASE_POOL_TIMEOUT", default=10),
+            }
+        else:
+            db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
+            db["CONN_HEALTH_CHECKS"] = True
+    db["OPTIONS"] = options
+    return db
+
+
+DATABASES = {"default": _database(env.str("DATABASE_URL", default="postgres:///switchyard"))}
+DATABASE_REPLICAS: list[str] = []
+for _index, _url in enumerate(env.list("DATABASE_REPLICA_URLS", default=[])):
+    _alias = f"replica_{_index}"
+    DATABASES[_alias] = _database(_url)
+    DATABASES[_alias]["TEST"] = {"MIRROR": "default"}
+    DATABASE_REPLICAS.append(_alias)
+DATABASE_ROUTERS = ["kernel.db.ReplicaRouter"]
+
+# ---------------------------------------------------------------------------------------
+# Redis: cache, throttles, SSE streams, conversation context. Never the source of truth.
+# ---------------------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="sy"),
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": 1,
+            "SOCKET_TIMEOUT": 1,
+        },
+    }
+}
+
+# ---------------------------------------------------------------------------------------
+# Celery. Worker policy of SPEC §2; queues and routes in config.celery.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+# ---------------------------------------------------------------------------------------
+LLM_HTTP_TIMEOUT = env.float("LLM_HTTP_TIMEOUT", default=60.0)
+TASK_SOFT_TIME_LIMIT = env.int("TASK_SOFT_TIME_LIMIT", default=90)
+TASK_TIME_LIMIT = env.int("TASK_TIME_LIMIT", default=120)
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=300)
+TASK_LEASE_SECONDS = env.int("TASK_LEASE_SECONDS", default=330)
+TASK_MAX_ATTEMPTS = env.int("TASK_MAX_ATTEMPTS", default=5)
+TASK_RETRY_BACKOFF_S = env.float("TASK_RETRY_BACKOFF_S", default=2.0)
+TASK_RETRY_BACKOFF_MAX_S = env.float("TASK_RETRY_BACKOFF_MAX_S", default=300.0)
+_config_errors += validate_timeouts(
+    Timeouts(
+        provider_http=LLM_HTTP_TIMEOUT,
+        soft_limit=TASK_SOFT_TIME_LIMIT,
+        hard_limit=TASK_TIME_LIMIT,
+        visibility=CELERY_VISIBILITY_TIMEOUT,
+        lease=TASK_LEASE_SECONDS,
+    )
+)
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = TASK_SOFT_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = TASK_TIME_LIMIT
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD", default=200)
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=512_000)  # KiB
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A publish during a broker outage must fail fast (the sweeper re-dispatches later)
+# instead of blocking the request that tried it.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default="/tmp/celerybeat-schedule")
+FLOWER_BASIC_AUTH = env.str("FLOWER_BASIC_AUTH", default="")
+
+# ---------------------------------------------------------------------------------------
+# LLM providers (SPEC §6)
+# ---------------------------------------------------------------------------------------
+LLM_PROVIDER = env.str("LLM_PROVIDER", default="fake")
+LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
+LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="fake-small")
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+FAKE_LLM_LATENCY_MS = env.int("FAKE_LLM_LATENCY_MS", default=800)
+if LLM_PROVIDER not in {"fake", "anthropic", "openai", "openai_compatible"}:
+    _config_errors.append(f"LLM_PROVIDER must be fake, anthropic, openai or openai_compatible (got {LLM_PROVIDER!r})")
+if LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
+    _config_errors.append("ANTHROPIC_API_KEY is required when LLM_PROVIDER=anthropic")
+if LLM_PROVIDER == "openai" and not OPENAI_API_KEY:
+    _config_errors.append("OPENAI_API_KEY is required when LLM_PROVIDER=openai")
+if LLM_PROVIDER == "openai_compatible" and not LLM_BASE_URL:
+    _config_errors.append("LLM_BASE_URL is required when LLM_PROVIDER=openai_compatible")
+
+RESPONSE_CACHE_TTL_S = env.int("RESPONSE_CACHE_TTL_S", default=24 * 3600)
+SSE_HEARTBEAT_S = env.float("SSE_HEARTBEAT_S", default=15.0)
+SSE_STREAM_TTL_S = env.int("SSE_STREAM_TTL_S", default=3600)
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+SWEEPER_BATCH_SIZE = env.int("SWEEPER_BATCH_SIZE", default=500)
+SWEEPER_PENDING_GRACE_S = env.int("SWEEPER_PENDING_GRACE_S", default=60)
+
+# ---------------------------------------------------------------------------------------
+# Billing
+# ---------------------------------------------------------------------------------------
+DEFAULT_MONTHLY_BUDGET_USD = env.str("DEFAULT_MONTHLY_BUDGET_USD", default="100")
+
+# ---------------------------------------------------------------------------------------
+# HTTP API
+# ---------------------------------------------------------------------------------------
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+API_THROTTLE_RATE = env.str("API_THROTTLE_RATE", default="600/min")
+QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["users.api.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["users.api.throttling.ApiKeyRateThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "kernel.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Switchyard API",
+    "DESCRIPTION": "Accept LLM work in milliseconds, run it on worker pools, meter every token.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "description": "Switchyard API key"}}
+    },
+    "SECURITY": [{"ApiKey": []}],
+    "ENUM_NAME_OVERRIDES": {},
+}
+
+# ---------------------------------------------------------------------------------------
+# Logging: structlog over the standard library; JSON in production.
+# ---------------------------------------------------------------------------------------
+LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+if LOG_FORMAT not in {"json", "console"}:
+    _config_errors.append(f"LOG_FORMAT must be json or console (got {LOG_FORMAT!r})")
+LOGGING_CONFIG = None  # kernel.logging configures logging once, below.
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+
+fail_fast(_config_errors)
+
+from kernel.logging import configure_logging  # noqa: E402  (needs the values above)
+
+configure_logging(fmt=LOG_FORMAT, level=LOG_LEVEL)

@@ -1,0 +1,29 @@
+"""Settings for the test suite: the same module as production, with a test environment.
+
+Each pytest-xdist worker gets its own Redis database so parallel runs never share
+throttle counters, caches or broker queues.
+"""
+
+import os
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
+_redis_db = 15 - int(_worker) % 8
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-production-checks")
+os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+os.environ.setdefault("DATABASE_URL", "postgres:///switchyard")
+os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{_redis_db}")
+os.environ.setdefault("CACHE_KEY_PREFIX", f"sytest{_worker}")
+os.environ.setdefault("LOG_FORMAT", "console")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ.setdefault("FAKE_LLM_LATENCY_MS", "20")
+os.environ.setdefault("API_THROTTLE_RATE", "10000/min")
+os.environ.setdefault("LLM_PROVIDER", "fake")
+
+from config.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+import warnings
+
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405

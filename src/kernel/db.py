@@ -1,0 +1,29 @@
+"""Database routing. Writes and ordinary reads go to the primary (read-your-writes for
+the API); code that can tolerate replica lag (reports, exports) asks for a replica
+explicitly with ``replica_alias()``."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from django.conf import settings
+
+
+def replica_alias() -> str:
+    replicas: list[str] = getattr(settings, "DATABASE_REPLICAS", [])
+    return random.choice(replicas) if replicas else "default"
+
+
+class ReplicaRouter:
+    def db_for_read(self, model: type, **hints: Any) -> str | None:
+        return None
+
+    def db_for_write(self, model: type, **hints: Any) -> str | None:
+        return "default"
+
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        return True
+
+    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None, **hints: Any) -> bool:
+        return db == "default"

@@ -1,0 +1,125 @@
+"""One JSON error shape for the whole API: ``{"type", "code", "detail", "errors"?}``.
+
+Contexts raise ``DomainError`` subclasses from their services; this module is the one
+place that turns any exception into a response, so views never build error bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+
+class DomainError(Exception):
+    """A business rule said no. Subclasses set the status, code and default detail."""
+
+    status_code: ClassVar[int] = status.HTTP_400_BAD_REQUEST
+    code: ClassVar[str] = "domain_error"
+    default_detail: ClassVar[str] = "The request could not be completed."
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        self.detail = detail or self.default_detail
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+class NotFoundError(DomainError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+    default_detail = "Not found."
+
+
+class ConflictError(DomainError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "conflict"
+    default_detail = "The resource is in a state that does not allow this."
+
+
+def error_body(*, status_code: int, code: str, detail: str, errors: list[dict[str, Any]] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "validation_error" if errors else ("server_error" if status_code >= 500 else "client_error"),
+        "code": code,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    return body
+
+
+def _flatten(detail: Any, attr: str | None = None) -> list[dict[str, Any]]:
+    """Turn DRF's nested ValidationError detail into a flat list of field errors."""
+    if isinstance(detail, dict):
+        out: list[dict[str, Any]] = []
+        for key, value in detail.items():
+            name = str(key) if attr is None else f"{attr}.{key}"
+            out.extend(_flatten(value, None if key == "non_field_errors" else name))
+        return out
+    if isinstance(detail, list):
+        out = []
+        for index, item in enumerate(detail):
+            if isinstance(item, (dict, list)):
+                out.extend(_flatten(item, f"{attr}.{index}" if attr else str(index)))
+            else:
+                out.extend(_flatten(item, attr))
+        return out
+    return [{"attr": attr, "code": getattr(detail, "code", "invalid"), "detail": str(detail)}]
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response(
+            error_body(status_code=exc.status_code, code=exc.code, detail=exc.detail, **exc.extra),
+            status=exc.status_code,
+        )
+    if isinstance(exc, RequestDataTooBig):
+        exc = exceptions.APIException("Request body is too large.")
+        exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        exc.default_code = "body_too_large"
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    # Imported here: rest_framework.views loads the authentication classes, which import
+    # services, which import this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # unexpected: Django's 500 handler (JSON for the API, logged) takes it
+    assert isinstance(exc, exceptions.APIException)
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = error_body(
+            status_code=response.status_code,
+            code="invalid",
+            detail="The request is invalid.",
+            errors=_flatten(exc.detail),
+        )
+    else:
+        code = exc.get_codes()
+        detail = exc.detail
+        response.data = error_body(
+            status_code=response.status_code,
+            code=code if isinstance(code, str) else exc.default_code,
+            detail=str(detail),
+        )
+        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+            response.data["retry_after"] = int(-(-exc.wait // 1))
+    return response
+
+
+def json_error(request: HttpRequest, *, status_code: int, code: str, detail: str) -> JsonResponse:
+    return JsonResponse(error_body(status_code=status_code, code=code, detail=detail), status=status_code)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return json_error(request, status_code=404, code="not_found", detail="Not found.")
+
+
+def handler500(request: HttpRequest) -> JsonResponse:
+    return json_error(request, status_code=500, code="server_error", detail="Internal server error.")

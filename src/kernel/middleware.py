@@ -1,0 +1,140 @@
+"""Request-scoped middleware: request ids bound to logs, the body size limit, and the
+per-request query budget. Each works under WSGI and ASGI without a thread hop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from asgiref.sync import iscoroutinefunction
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.decorators import sync_and_async_middleware
+
+from kernel import context, metrics
+from kernel.errors import error_body
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[HttpRequest], Any]
+
+
+def _route_label(request: HttpRequest) -> str:
+    match = getattr(request, "resolver_match", None)
+    return match.route if match is not None and match.route else "unmatched"
+
+
+@sync_and_async_middleware
+def RequestIdMiddleware(get_response: Handler) -> Handler:  # noqa: N802 - Django naming
+    """Honour or mint ``X-Request-ID``, bind it to every log line, return it, and count
+    the request in Prometheus."""
+
+    def before(request: HttpRequest) -> float:
+        context.clear()
+        request_id = context.new_request_id(request.headers.get(context.REQUEST_ID_HEADER))
+        request.request_id = request_id  # type: ignore[attr-defined]
+        context.bind(request_id=request_id, method=request.method, path=request.path)
+        return time.perf_counter()
+
+    def after(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
+        response[context.REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
+        metrics.observe_request(
+            method=request.method or "", route=_route_label(request), status=response.status_code,
+            seconds=time.perf_counter() - started,
+        )
+        return response
+
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+            started = before(request)
+            response = await get_response(request)
+            return after(request, response, started)
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        started = before(request)
+        return after(request, get_response(request), started)
+
+    return middleware
+
+
+@sync_and_async_middleware
+def BodySizeLimitMiddleware(get_response: Handler) -> Handler:  # noqa: N802
+    """Answer 413 before reading a body larger than API_MAX_BODY_BYTES."""
+    from django.http import JsonResponse
+
+    def too_large(request: HttpRequest) -> JsonResponse | None:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > settings.API_MAX_BODY_BYTES:
+            body = error_body(status_code=413, code="body_too_large",
+                              detail=f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes.")
+            return JsonResponse(body, status=413)
+        return None
+
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+            return too_large(request) or await get_response(request)
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        return too_large(request) or get_response(request)
+
+    return middleware
+
+
+class QueryCounter:
+    """A ``connection.execute_wrapper`` that counts statements."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
+                 context: dict[str, Any]) -> Any:
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
+@sync_and_async_middleware
+def QueryBudgetMiddleware(get_response: Handler) -> Handler:  # noqa: N802
+    """Log a warning when a request runs more queries than its budget.
+
+    A view may set ``query_budget`` on itself to override QUERY_BUDGET_DEFAULT. Async
+    views (SSE) hold no connection, so they are not counted.
+    """
+
+    def check(request: HttpRequest, counter: QueryCounter) -> None:
+        match = getattr(request, "resolver_match", None)
+        view_class = getattr(getattr(match, "func", None), "view_class", None)
+        budget = getattr(view_class, "query_budget", settings.QUERY_BUDGET_DEFAULT)
+        if counter.count > budget:
+            metrics.QUERY_BUDGET_BREACHES.labels(route=_route_label(request)).inc()
+            log.warning("query_budget_exceeded", queries=counter.count, budget=budget,
+                        route=_route_label(request))
+
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+            response: HttpResponseBase = await get_response(request)
+            return response
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        counter = QueryCounter()
+        with connection.execute_wrapper(counter):
+            response: HttpResponseBase = get_response(request)
+        check(request, counter)
+        return response
+
+    return middleware
+

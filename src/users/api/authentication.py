@@ -1,0 +1,55 @@
+"""``Authorization: Bearer <api key>`` for DRF. ``request.auth`` is the ``Principal``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from contracts.users import Principal
+from kernel import context
+from users import services
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCaller:
+    """What DRF sees as ``request.user`` for an API-key request."""
+
+    principal: Principal
+    is_authenticated: bool = True
+    is_anonymous: bool = False
+
+    @property
+    def pk(self) -> int | None:
+        return self.principal.user_id
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[ApiCaller, Principal] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        scheme, _, raw_key = header.partition(" ")
+        if scheme.lower() != self.keyword.lower() or not raw_key.strip():
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
+        try:
+            principal = services.api_key_authenticate(raw_key=raw_key.strip())
+        except services.InvalidApiKey as exc:
+            raise exceptions.AuthenticationFailed(exc.detail) from exc
+        context.bind(organization_id=str(principal.organization_id), api_key_id=str(principal.api_key_id),
+                     user_id=principal.user_id)
+        return ApiCaller(principal), principal
+
+    def authenticate_header(self, request: Request) -> str:
+        return f'{self.keyword} realm="api"'
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller of an authenticated view."""
+    auth = request.auth
+    if not isinstance(auth, Principal):
+        raise exceptions.NotAuthenticated()
+    return auth

@@ -1,0 +1,154 @@
+"""Public surface of the users context: organizations, API keys, authentication.
+
+Takes and returns ``contracts.users`` models; no ORM object leaves this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+from uuid import UUID
+
+from django.db import IntegrityError, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from contracts.users import ApiKeyInfo, ApiKeyIssued, Organization, Principal
+from kernel.errors import DomainError, NotFoundError
+from users.models import APIKey, Membership, User
+from users.models import Organization as OrganizationModel
+
+KEY_PREFIX = "sy_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class InvalidApiKey(DomainError):
+    status_code = 401
+    code = "authentication_failed"
+    default_detail = "Invalid or revoked API key."
+
+
+# -- mappers --------------------------------------------------------------------------
+
+def _to_organization(org: OrganizationModel) -> Organization:
+    return Organization(id=org.id, name=org.name, created_at=org.created_at)
+
+
+def _to_key_info(key: APIKey) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=key.id, organization_id=key.organization_id, name=key.name, prefix=key.prefix,
+        created_at=key.created_at, last_used_at=key.last_used_at, revoked_at=key.revoked_at,
+    )
+
+
+def _digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+# -- organizations --------------------------------------------------------------------
+
+def organization_get_or_create(*, name: str) -> Organization:
+    name = name.strip()
+    if not name:
+        raise DomainError("Organization name must not be empty.")
+    org = OrganizationModel.objects.filter(name__iexact=name).first()
+    if org is None:
+        try:
+            with transaction.atomic():
+                org = OrganizationModel.objects.create(name=name)
+        except IntegrityError:  # created concurrently: the unique constraint decided
+            org = OrganizationModel.objects.get(name__iexact=name)
+    return _to_organization(org)
+
+
+def organization_get(*, organization_id: UUID) -> Organization:
+    org = OrganizationModel.objects.filter(id=organization_id).first()
+    if org is None:
+        raise NotFoundError("Organization not found.")
+    return _to_organization(org)
+
+
+def organization_find(*, name_or_id: str) -> Organization:
+    """Look an organization up by id or (case-insensitive) name, for management commands."""
+    org = None
+    try:
+        org = OrganizationModel.objects.filter(id=UUID(name_or_id)).first()
+    except ValueError:
+        pass
+    org = org or OrganizationModel.objects.filter(name__iexact=name_or_id.strip()).first()
+    if org is None:
+        raise NotFoundError(f"No organization named {name_or_id!r}.")
+    return _to_organization(org)
+
+
+def organization_list() -> list[Organization]:
+    return [_to_organization(org) for org in OrganizationModel.objects.order_by("name")]
+
+
+# -- API keys -------------------------------------------------------------------------
+
+@transaction.atomic
+def api_key_create(*, email: str, organization_name: str | None = None, name: str = "default") -> ApiKeyIssued:
+    """Create a key for ``email`` in the organization, creating both when missing.
+
+    Without an organization name the user's first organization is used, or a new one
+    named after the email's domain.
+    """
+    email = User.objects.normalize_email(email.strip()).lower()
+    user = User.objects.filter(email=email).first() or User.objects.create_user(email)
+    if organization_name is None:
+        membership = user.memberships.select_related("organization").order_by("created_at").first()
+        organization_name = membership.organization.name if membership else email.rsplit("@", 1)[-1]
+    org_contract = organization_get_or_create(name=organization_name)
+    membership, created = Membership.objects.get_or_create(
+        user=user, organization_id=org_contract.id, defaults={"role": Membership.Role.OWNER}
+    )
+    public = secrets.token_hex(4)
+    raw_key = f"{KEY_PREFIX}{public}_{secrets.token_urlsafe(32)}"
+    key = APIKey.objects.create(
+        organization_id=org_contract.id, created_by=user, name=name,
+        prefix=f"{KEY_PREFIX}{public}", key_hash=_digest(raw_key),
+    )
+    return ApiKeyIssued(info=_to_key_info(key), key=raw_key, user_email=email,
+                        organization_name=org_contract.name)
+
+
+def api_key_authenticate(*, raw_key: str) -> Principal:
+    """Resolve a presented key to its principal, or raise ``InvalidApiKey``.
+
+    One indexed query; the stored digest is compared in constant time. ``last_used_at``
+    is written at most once a minute per key, so a busy key does not write on every call.
+    """
+    parts = raw_key.split("_")
+    if len(parts) < 3 or not raw_key.startswith(KEY_PREFIX):
+        raise InvalidApiKey()
+    prefix = f"{KEY_PREFIX}{parts[1]}"
+    key = APIKey.objects.select_related("organization").filter(prefix=prefix).first()
+    if key is None or not hmac.compare_digest(key.key_hash, _digest(raw_key)) or key.revoked_at is not None:
+        raise InvalidApiKey()
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        APIKey.objects.filter(pk=key.pk).exclude(last_used_at__gt=now - LAST_USED_RESOLUTION).update(
+            last_used_at=Now()
+        )
+    return Principal(
+        organization_id=key.organization_id, organization_name=key.organization.name,
+        api_key_id=key.id, user_id=key.created_by_id, rate_limit_per_minute=key.rate_limit_per_minute,
+    )
+
+
+def api_key_revoke(*, prefix: str, organization_id: UUID | None = None) -> ApiKeyInfo:
+    keys = APIKey.objects.filter(prefix=prefix)
+    if organization_id is not None:
+        keys = keys.filter(organization_id=organization_id)
+    keys.filter(revoked_at__isnull=True).update(revoked_at=Now())
+    key = keys.first()
+    if key is None:
+        raise NotFoundError(f"No API key with prefix {prefix!r}.")
+    return _to_key_info(key)
+
+
+def api_key_list(*, organization_id: UUID) -> list[ApiKeyInfo]:
+    return [_to_key_info(k) for k in APIKey.objects.filter(organization_id=organization_id).order_by("-created_at")]

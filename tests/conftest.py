@@ -1,0 +1,66 @@
+"""Fixtures shared by every test: real PostgreSQL (pytest-django) and real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings
+from django_redis import get_redis_connection
+from rest_framework.test import APIClient
+
+from contracts.users import ApiKeyIssued
+from users import services as user_services
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis() -> Iterator[None]:
+    """Each test starts with an empty Redis database (its own, see settings_test)."""
+    get_redis_connection("default").flushdb()
+    yield
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organization with an API key and an authenticated client."""
+
+    issued: ApiKeyIssued
+    client: APIClient
+
+    @property
+    def organization_id(self) -> str:
+        return str(self.issued.info.organization_id)
+
+    @property
+    def api_key_id(self) -> str:
+        return str(self.issued.info.id)
+
+
+@pytest.fixture
+def make_tenant(db: None):  # type: ignore[no-untyped-def]
+    counter = iter(range(1_000_000))
+
+    def make(org: str | None = None, email: str | None = None) -> Tenant:
+        n = next(counter)
+        issued = user_services.api_key_create(
+            email=email or f"user{n}@tenant{n}.test", organization_name=org or f"Tenant {n}"
+        )
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.key}")
+        return Tenant(issued=issued, client=client)
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant) -> Tenant:  # type: ignore[no-untyped-def]
+    return make_tenant()
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
+
+
+__all__ = ["Tenant", "settings"]
