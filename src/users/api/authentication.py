@@ -45,11 +45,3 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'
-
-
-def principal_of(request: Request) -> Principal:
-    """The caller of an authenticated view."""
-    auth = request.auth
-    if not isinstance(auth, Principal):
-        raise exceptions.NotAuthenticated()
-    return auth

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from users.api.authentication import principal_of
+from kernel.auth import principal_of
 
 
 class MeApi(APIView):
