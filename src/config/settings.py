@@ -209,6 +209,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "socket_timeout": 2,
     "socket_connect_timeout": 2,
+    # Publishing (from a request) gives up after one quick retry instead of the default
+    # back-off of several seconds; the sweeper and the outbox relay retry later.
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A publish during a broker outage must fail fast (the sweeper re-dispatches later)

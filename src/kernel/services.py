@@ -1,0 +1,187 @@
+"""Kernel services: the transactional outbox and idempotent request execution.
+
+The outbox: ``event_publish`` must run inside the caller's transaction; the relay
+publishes committed events to Celery, one ``kernel.handle_event`` message per
+subscriber, and marks them published only after the broker accepted them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from celery import Celery, current_app
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from contracts.events import EVENT_TYPES, DomainEvent
+from kernel.errors import ConflictError, DomainError
+from kernel.models import IdempotencyRecord, OutboxEvent
+
+log = structlog.get_logger(__name__)
+
+# -- outbox -----------------------------------------------------------------------------
+
+_subscribers: dict[str, list[str]] = {}
+
+
+def event_subscribe(event_type: str, handler: str) -> None:
+    """Register a handler (dotted path to ``def handler(event: DomainEvent) -> None``).
+
+    Contexts call this from ``AppConfig.ready``. Handlers run on a worker, at least once:
+    they must be idempotent (use ``event.event_id``).
+    """
+    handlers = _subscribers.setdefault(event_type, [])
+    if handler not in handlers:
+        handlers.append(handler)
+
+
+def event_subscribers(event_type: str) -> list[str]:
+    return list(_subscribers.get(event_type, []))
+
+
+def event_publish(event: DomainEvent) -> None:
+    """Write ``event`` to the outbox in the current transaction; relay after commit."""
+    OutboxEvent.objects.create(
+        event_id=event.event_id, event_type=event.event_type, payload=event.model_dump(mode="json")
+    )
+    transaction.on_commit(_kick_relay)
+
+
+def _kick_relay() -> None:
+    try:
+        current_app.send_task("kernel.relay_outbox")
+    except Exception:  # the beat schedule relays what this misses
+        log.warning("outbox_kick_failed", exc_info=True)
+
+
+def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
+    """Publish up to ``batch_size`` unpublished events; return how many were published.
+
+    Rows are locked with SKIP LOCKED, so overlapping relays never publish one event twice
+    from the same batch; a crash between publish and commit may republish (at least once).
+    """
+    app = app or current_app
+    published = 0
+    with transaction.atomic():
+        events = list(
+            OutboxEvent.objects.select_for_update(skip_locked=True)
+            .filter(published_at__isnull=True)
+            .order_by("created_at")[:batch_size]
+        )
+        for event in events:
+            try:
+                for handler in event_subscribers(event.event_type):
+                    app.send_task("kernel.handle_event", args=[handler, event.event_type, event.payload])
+            except Exception as exc:  # broker down: keep it for the next relay
+                OutboxEvent.objects.filter(pk=event.pk).update(
+                    attempts=event.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:500]
+                )
+                log.warning("outbox_publish_failed", event_id=str(event.event_id), error=type(exc).__name__)
+                break
+            OutboxEvent.objects.filter(pk=event.pk).update(published_at=timezone.now(), attempts=event.attempts + 1)
+            published += 1
+    return published
+
+
+def event_handle(*, handler: str, event_type: str, payload: dict[str, Any]) -> None:
+    """Run one subscriber for one event (called by the ``kernel.handle_event`` task)."""
+    event_class = EVENT_TYPES.get(event_type)
+    if event_class is None:
+        log.error("unknown_event_type", event_type=event_type)
+        return
+    function: Callable[[DomainEvent], None] = import_string(handler)
+    function(event_class.model_validate(payload))
+
+
+def outbox_cleanup(*, older_than: timedelta = timedelta(days=7)) -> int:
+    deleted, _ = OutboxEvent.objects.filter(
+        published_at__isnull=False, published_at__lt=timezone.now() - older_than
+    ).delete()
+    return deleted
+
+
+# -- idempotency ------------------------------------------------------------------------
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+IN_FLIGHT_TAKEOVER = timedelta(minutes=5)  # a crashed first request must not block the key forever
+
+
+class IdempotencyInFlight(ConflictError):
+    code = "idempotency_in_flight"
+    default_detail = "A request with this Idempotency-Key is still being processed."
+
+
+class IdempotencyMismatch(DomainError):
+    status_code = 422
+    code = "idempotency_key_reused"
+    default_detail = "This Idempotency-Key was used with a different request body."
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status: int
+    body: Any
+    headers: dict[str, str]
+    replayed: bool
+
+
+def request_fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def idempotent_execute(
+    *, scope: str, key: str, fingerprint: str, operation: Callable[[], tuple[int, Any, dict[str, str]]]
+) -> StoredResponse:
+    """Run ``operation`` once per (scope, key) within 24 h and replay its answer after.
+
+    Same key and fingerprint → the first answer again; other fingerprint → 422; while
+    the first request is in flight → 409. If the operation raises, the key is freed so
+    the client can retry.
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
+    except IntegrityError:
+        existing = IdempotencyRecord.objects.get(scope=scope, key=key)
+        expired = existing.created_at < now - IDEMPOTENCY_TTL
+        abandoned = existing.status == IdempotencyRecord.Status.IN_FLIGHT and existing.updated_at < now - (
+            IN_FLIGHT_TAKEOVER
+        )
+        if not (expired or abandoned):
+            if existing.fingerprint != fingerprint:
+                raise IdempotencyMismatch() from None
+            if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
+                raise IdempotencyInFlight() from None
+            assert existing.response_status is not None
+            return StoredResponse(existing.response_status, existing.response_body, existing.response_headers, True)
+        # Take the stale record over, conditionally, so two takers cannot both win.
+        taken = IdempotencyRecord.objects.filter(pk=existing.pk, updated_at=existing.updated_at).update(
+            fingerprint=fingerprint, status=IdempotencyRecord.Status.IN_FLIGHT, created_at=now, updated_at=now,
+            response_status=None, response_body=None, response_headers={},
+        )
+        if not taken:
+            raise IdempotencyInFlight() from None
+        record = IdempotencyRecord.objects.get(pk=existing.pk)
+    try:
+        status, body, headers = operation()
+    except BaseException:
+        IdempotencyRecord.objects.filter(pk=record.pk).delete()
+        raise
+    IdempotencyRecord.objects.filter(pk=record.pk).update(
+        status=IdempotencyRecord.Status.COMPLETE, response_status=status, response_body=body,
+        response_headers=headers, updated_at=timezone.now(),
+    )
+    return StoredResponse(status, body, headers, False)
+
+
+def idempotency_cleanup() -> int:
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
+    return deleted

@@ -1,0 +1,50 @@
+"""Kernel tables: the transactional outbox and idempotency records."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class OutboxEvent(models.Model):
+    """A domain event written in the same transaction as the change it describes,
+    relayed to Celery after commit. A broker outage delays events, never loses them."""
+
+    event_id = models.UUIDField(unique=True)
+    event_type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"], name="outbox_unpublished", condition=models.Q(published_at__isnull=True)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a request carrying an ``Idempotency-Key``, per scope (organization)."""
+
+    class Status(models.TextChoices):
+        IN_FLIGHT = "in_flight"
+        COMPLETE = "complete"
+
+    scope = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.IN_FLIGHT)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_unique")]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created")]

@@ -1,0 +1,85 @@
+"""The transactional outbox: written with the change, relayed after commit, kept
+through a broker outage."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from celery import Celery
+from django.db import transaction
+from kombu import Connection
+
+from contracts.events import AITaskFinished
+from kernel import services
+from kernel.models import OutboxEvent
+
+pytestmark = pytest.mark.django_db
+HANDLER = "tests.kernel.handlers.remember"
+
+
+def make_event() -> AITaskFinished:
+    now = datetime.now(UTC)
+    return AITaskFinished(
+        occurred_at=now, task_id=uuid.uuid4(), organization_id=uuid.uuid4(), api_key_id=None, status="done",
+        model="fake-small", priority="normal", cached=False, attempts=1, input_tokens=1, output_tokens=2,
+        cost_usd=Decimal("0.000001"), error_code=None, created_at=now, started_at=now, completed_at=now,
+        duration_seconds=0.1,
+    )
+
+
+@pytest.fixture
+def subscribed():
+    services.event_subscribe(AITaskFinished.event_type, HANDLER)
+    yield
+    services._subscribers[AITaskFinished.event_type].remove(HANDLER)
+
+
+def test_event_is_rolled_back_with_the_change() -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.event_publish(make_event())
+        raise RuntimeError("the change failed")
+    assert not OutboxEvent.objects.exists()
+
+
+def test_relay_publishes_to_the_broker_and_marks_published(subscribed, settings) -> None:
+    event = make_event()
+    services.event_publish(event)
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        conn.SimpleQueue("low").clear()
+        assert services.outbox_relay() == 1
+        message = conn.SimpleQueue("low").get(timeout=5)
+        assert message.headers["task"] == "kernel.handle_event"
+        handler, event_type, payload = message.decode()[0]
+        message.ack()
+    assert (handler, event_type, payload["event_id"]) == (HANDLER, event.event_type, str(event.event_id))
+    assert OutboxEvent.objects.get(event_id=event.event_id).published_at is not None
+    assert services.outbox_relay() == 0  # nothing left to publish
+
+
+def test_broker_outage_delays_events_never_loses_them(subscribed, settings, monkeypatch) -> None:
+    services.event_publish(make_event())
+    # Celery lets CELERY_BROKER_URL in the environment win over configuration.
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    dead = Celery("dead", set_as_current=False)
+    dead.conf.task_publish_retry = False
+    assert services.outbox_relay(app=dead) == 0
+    monkeypatch.undo()
+    row = OutboxEvent.objects.get()
+    assert row.published_at is None and row.attempts == 1 and row.last_error
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        conn.SimpleQueue("low").clear()
+        assert services.outbox_relay() == 1
+        conn.SimpleQueue("low").clear()
+
+
+def test_handler_receives_the_typed_event(subscribed) -> None:
+    from tests.kernel import handlers
+
+    event = make_event()
+    services.event_handle(handler=HANDLER, event_type=event.event_type, payload=event.model_dump(mode="json"))
+    assert handlers.received == [event]
+    services.event_handle(handler=HANDLER, event_type="unknown.type", payload={})
+    assert len(handlers.received) == 1
