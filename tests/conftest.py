@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -15,10 +14,9 @@ from users import services as user_services
 
 
 @pytest.fixture(autouse=True)
-def _clean_redis() -> Iterator[None]:
+def _clean_redis() -> None:
     """Each test starts with an empty Redis database (its own, see settings_test)."""
     get_redis_connection("default").flushdb()
-    yield
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,6 @@ import os
 os.environ["SWITCHYARD_ASGI"] = "1"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 application = get_asgi_application()

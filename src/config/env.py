@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from itertools import pairwise
 
 
 class ConfigurationError(Exception):
@@ -35,7 +36,7 @@ def validate_timeouts(t: Timeouts) -> list[str]:
         ("TASK_LEASE_SECONDS", t.lease),
     ]
     errors = [f"{name} must be positive (got {value})" for name, value in chain if value <= 0]
-    for (low_name, low), (high_name, high) in zip(chain, chain[1:], strict=False):
+    for (low_name, low), (high_name, high) in pairwise(chain):
         if not low < high:
             errors.append(f"{low_name} ({low}) must be less than {high_name} ({high})")
     return errors

@@ -29,7 +29,7 @@ SECRET_KEY = env.str("SECRET_KEY", default="")
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 _config_errors = validate_production(debug=DEBUG, secret_key=SECRET_KEY, allowed_hosts=ALLOWED_HOSTS)
 if DEBUG and not SECRET_KEY:
-    SECRET_KEY = "django-insecure-development-only-key-never-used-in-production"
+    SECRET_KEY = "django-insecure-development-only-key-never-used-in-production"  # noqa: S105 - DEBUG only
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -224,7 +224,7 @@ CELERY_TASK_PUBLISH_RETRY = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default="/tmp/celerybeat-schedule")
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default="/tmp/celerybeat-schedule")  # noqa: S108
 FLOWER_BASIC_AUTH = env.str("FLOWER_BASIC_AUTH", default="")
 
 # ---------------------------------------------------------------------------------------
@@ -303,6 +303,6 @@ SENTRY_DSN = env.str("SENTRY_DSN", default="")
 
 fail_fast(_config_errors)
 
-from kernel.logging import configure_logging  # noqa: E402  (needs the values above)
+from kernel.logging import configure_logging
 
 configure_logging(fmt=LOG_FORMAT, level=LOG_LEVEL)

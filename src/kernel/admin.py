@@ -22,8 +22,17 @@ class IdempotencyRecordAdmin(admin.ModelAdmin[IdempotencyRecord]):
     list_display = ["scope", "key", "status", "response_status", "created_at"]
     list_filter = ["status"]
     search_fields = ["scope", "key"]
-    readonly_fields = ["scope", "key", "fingerprint", "status", "response_status", "response_body",
-                       "response_headers", "created_at", "updated_at"]
+    readonly_fields = [
+        "scope",
+        "key",
+        "fingerprint",
+        "status",
+        "response_status",
+        "response_body",
+        "response_headers",
+        "created_at",
+        "updated_at",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

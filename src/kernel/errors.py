@@ -39,8 +39,9 @@ class ConflictError(DomainError):
     default_detail = "The resource is in a state that does not allow this."
 
 
-def error_body(*, status_code: int, code: str, detail: str, errors: list[dict[str, Any]] | None = None,
-               **extra: Any) -> dict[str, Any]:
+def error_body(
+    *, status_code: int, code: str, detail: str, errors: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "validation_error" if errors else ("server_error" if status_code >= 500 else "client_error"),
         "code": code,

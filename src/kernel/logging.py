@@ -33,9 +33,7 @@ def configure_logging(*, fmt: str, level: str) -> None:
         _redact,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     logging.config.dictConfig(
         {

@@ -14,11 +14,11 @@ from prometheus_client import (
     multiprocess,
 )
 
-HTTP_REQUESTS = Counter(
-    "switchyard_http_requests_total", "HTTP requests served", ["method", "route", "status"]
-)
+HTTP_REQUESTS = Counter("switchyard_http_requests_total", "HTTP requests served", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
-    "switchyard_http_request_seconds", "HTTP request latency", ["method", "route"],
+    "switchyard_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUERY_BUDGET_BREACHES = Counter(

@@ -42,7 +42,9 @@ def RequestIdMiddleware(get_response: Handler) -> Handler:  # noqa: N802 - Djang
     def after(request: HttpRequest, response: HttpResponseBase, started: float) -> HttpResponseBase:
         response[context.REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
         metrics.observe_request(
-            method=request.method or "", route=_route_label(request), status=response.status_code,
+            method=request.method or "",
+            route=_route_label(request),
+            status=response.status_code,
             seconds=time.perf_counter() - started,
         )
         return response
@@ -74,8 +76,11 @@ def BodySizeLimitMiddleware(get_response: Handler) -> Handler:  # noqa: N802
         except ValueError:
             length = 0
         if length > settings.API_MAX_BODY_BYTES:
-            body = error_body(status_code=413, code="body_too_large",
-                              detail=f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes.")
+            body = error_body(
+                status_code=413,
+                code="body_too_large",
+                detail=f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes.",
+            )
             return JsonResponse(body, status=413)
         return None
 
@@ -98,8 +103,7 @@ class QueryCounter:
     def __init__(self) -> None:
         self.count = 0
 
-    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
-                 context: dict[str, Any]) -> Any:
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         self.count += 1
         return execute(sql, params, many, context)
 
@@ -118,8 +122,7 @@ def QueryBudgetMiddleware(get_response: Handler) -> Handler:  # noqa: N802
         budget = getattr(view_class, "query_budget", settings.QUERY_BUDGET_DEFAULT)
         if counter.count > budget:
             metrics.QUERY_BUDGET_BREACHES.labels(route=_route_label(request)).inc()
-            log.warning("query_budget_exceeded", queries=counter.count, budget=budget,
-                        route=_route_label(request))
+            log.warning("query_budget_exceeded", queries=counter.count, budget=budget, route=_route_label(request))
 
     if iscoroutinefunction(get_response):
 
@@ -137,4 +140,3 @@ def QueryBudgetMiddleware(get_response: Handler) -> Handler:  # noqa: N802
         return response
 
     return middleware
-

@@ -48,3 +48,6 @@ class IdempotencyRecord(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_unique")]
         indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.key} ({self.status})"

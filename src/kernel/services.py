@@ -164,8 +164,13 @@ def idempotent_execute(
             return StoredResponse(existing.response_status, existing.response_body, existing.response_headers, True)
         # Take the stale record over, conditionally, so two takers cannot both win.
         taken = IdempotencyRecord.objects.filter(pk=existing.pk, updated_at=existing.updated_at).update(
-            fingerprint=fingerprint, status=IdempotencyRecord.Status.IN_FLIGHT, created_at=now, updated_at=now,
-            response_status=None, response_body=None, response_headers={},
+            fingerprint=fingerprint,
+            status=IdempotencyRecord.Status.IN_FLIGHT,
+            created_at=now,
+            updated_at=now,
+            response_status=None,
+            response_body=None,
+            response_headers={},
         )
         if not taken:
             raise IdempotencyInFlight() from None
@@ -176,8 +181,11 @@ def idempotent_execute(
         IdempotencyRecord.objects.filter(pk=record.pk).delete()
         raise
     IdempotencyRecord.objects.filter(pk=record.pk).update(
-        status=IdempotencyRecord.Status.COMPLETE, response_status=status, response_body=body,
-        response_headers=headers, updated_at=timezone.now(),
+        status=IdempotencyRecord.Status.COMPLETE,
+        response_status=status,
+        response_body=body,
+        response_headers=headers,
+        updated_at=timezone.now(),
     )
     return StoredResponse(status, body, headers, False)
 

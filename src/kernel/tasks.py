@@ -17,8 +17,15 @@ def relay_outbox_task() -> int:
     return total
 
 
-@shared_task(name="kernel.handle_event", ignore_result=True, autoretry_for=(Exception,), retry_backoff=True,
-             retry_backoff_max=300, retry_jitter=True, max_retries=8)
+@shared_task(
+    name="kernel.handle_event",
+    ignore_result=True,
+    autoretry_for=(Exception,),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=8,
+)
 def handle_event_task(handler: str, event_type: str, payload: dict[str, Any]) -> None:
     services.event_handle(handler=handler, event_type=event_type, payload=payload)
 

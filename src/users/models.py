@@ -69,6 +69,9 @@ class Membership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "organization"], name="membership_unique")]
 
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.organization_id} ({self.role})"
+
 
 class APIKey(models.Model):
     """An API key. Only a SHA-256 digest of the key is stored; ``prefix`` is the public

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from contextlib import suppress
 from datetime import timedelta
 from uuid import UUID
 
@@ -32,14 +33,20 @@ class InvalidApiKey(DomainError):
 
 # -- mappers --------------------------------------------------------------------------
 
+
 def _to_organization(org: OrganizationModel) -> Organization:
     return Organization(id=org.id, name=org.name, created_at=org.created_at)
 
 
 def _to_key_info(key: APIKey) -> ApiKeyInfo:
     return ApiKeyInfo(
-        id=key.id, organization_id=key.organization_id, name=key.name, prefix=key.prefix,
-        created_at=key.created_at, last_used_at=key.last_used_at, revoked_at=key.revoked_at,
+        id=key.id,
+        organization_id=key.organization_id,
+        name=key.name,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
     )
 
 
@@ -48,6 +55,7 @@ def _digest(raw_key: str) -> str:
 
 
 # -- organizations --------------------------------------------------------------------
+
 
 def organization_get_or_create(*, name: str) -> Organization:
     name = name.strip()
@@ -73,10 +81,8 @@ def organization_get(*, organization_id: UUID) -> Organization:
 def organization_find(*, name_or_id: str) -> Organization:
     """Look an organization up by id or (case-insensitive) name, for management commands."""
     org = None
-    try:
+    with suppress(ValueError):
         org = OrganizationModel.objects.filter(id=UUID(name_or_id)).first()
-    except ValueError:
-        pass
     org = org or OrganizationModel.objects.filter(name__iexact=name_or_id.strip()).first()
     if org is None:
         raise NotFoundError(f"No organization named {name_or_id!r}.")
@@ -88,6 +94,7 @@ def organization_list() -> list[Organization]:
 
 
 # -- API keys -------------------------------------------------------------------------
+
 
 @transaction.atomic
 def api_key_create(*, email: str, organization_name: str | None = None, name: str = "default") -> ApiKeyIssued:
@@ -102,17 +109,19 @@ def api_key_create(*, email: str, organization_name: str | None = None, name: st
         membership = user.memberships.select_related("organization").order_by("created_at").first()
         organization_name = membership.organization.name if membership else email.rsplit("@", 1)[-1]
     org_contract = organization_get_or_create(name=organization_name)
-    membership, created = Membership.objects.get_or_create(
+    Membership.objects.get_or_create(
         user=user, organization_id=org_contract.id, defaults={"role": Membership.Role.OWNER}
     )
     public = secrets.token_hex(4)
     raw_key = f"{KEY_PREFIX}{public}_{secrets.token_urlsafe(32)}"
     key = APIKey.objects.create(
-        organization_id=org_contract.id, created_by=user, name=name,
-        prefix=f"{KEY_PREFIX}{public}", key_hash=_digest(raw_key),
+        organization_id=org_contract.id,
+        created_by=user,
+        name=name,
+        prefix=f"{KEY_PREFIX}{public}",
+        key_hash=_digest(raw_key),
     )
-    return ApiKeyIssued(info=_to_key_info(key), key=raw_key, user_email=email,
-                        organization_name=org_contract.name)
+    return ApiKeyIssued(info=_to_key_info(key), key=raw_key, user_email=email, organization_name=org_contract.name)
 
 
 def api_key_authenticate(*, raw_key: str) -> Principal:
@@ -130,12 +139,13 @@ def api_key_authenticate(*, raw_key: str) -> Principal:
         raise InvalidApiKey()
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        APIKey.objects.filter(pk=key.pk).exclude(last_used_at__gt=now - LAST_USED_RESOLUTION).update(
-            last_used_at=Now()
-        )
+        APIKey.objects.filter(pk=key.pk).exclude(last_used_at__gt=now - LAST_USED_RESOLUTION).update(last_used_at=Now())
     return Principal(
-        organization_id=key.organization_id, organization_name=key.organization.name,
-        api_key_id=key.id, user_id=key.created_by_id, rate_limit_per_minute=key.rate_limit_per_minute,
+        organization_id=key.organization_id,
+        organization_name=key.organization.name,
+        api_key_id=key.id,
+        user_id=key.created_by_id,
+        rate_limit_per_minute=key.rate_limit_per_minute,
     )
 
 

@@ -23,9 +23,22 @@ HANDLER = "tests.kernel.handlers.remember"
 def make_event() -> AITaskFinished:
     now = datetime.now(UTC)
     return AITaskFinished(
-        occurred_at=now, task_id=uuid.uuid4(), organization_id=uuid.uuid4(), api_key_id=None, status="done",
-        model="fake-small", priority="normal", cached=False, attempts=1, input_tokens=1, output_tokens=2,
-        cost_usd=Decimal("0.000001"), error_code=None, created_at=now, started_at=now, completed_at=now,
+        occurred_at=now,
+        task_id=uuid.uuid4(),
+        organization_id=uuid.uuid4(),
+        api_key_id=None,
+        status="done",
+        model="fake-small",
+        priority="normal",
+        cached=False,
+        attempts=1,
+        input_tokens=1,
+        output_tokens=2,
+        cost_usd=Decimal("0.000001"),
+        error_code=None,
+        created_at=now,
+        started_at=now,
+        completed_at=now,
         duration_seconds=0.1,
     )
 
@@ -38,9 +51,13 @@ def subscribed():
 
 
 def test_event_is_rolled_back_with_the_change() -> None:
-    with pytest.raises(RuntimeError), transaction.atomic():
-        services.event_publish(make_event())
-        raise RuntimeError("the change failed")
+    def change() -> None:
+        with transaction.atomic():
+            services.event_publish(make_event())
+            raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        change()
     assert not OutboxEvent.objects.exists()
 
 

@@ -39,8 +39,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             principal = services.api_key_authenticate(raw_key=raw_key.strip())
         except services.InvalidApiKey as exc:
             raise exceptions.AuthenticationFailed(exc.detail) from exc
-        context.bind(organization_id=str(principal.organization_id), api_key_id=str(principal.api_key_id),
-                     user_id=principal.user_id)
+        context.bind(
+            organization_id=str(principal.organization_id),
+            api_key_id=str(principal.api_key_id),
+            user_id=principal.user_id,
+        )
         return ApiCaller(principal), principal
 
     def authenticate_header(self, request: Request) -> str:
