@@ -1,3 +1,8 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from billing.api.views import BudgetDetailApi, UsageReportApi
+
+urlpatterns = [
+    path("budget/", BudgetDetailApi.as_view(), name="billing-budget"),
+    path("usage/", UsageReportApi.as_view(), name="billing-usage"),
+]

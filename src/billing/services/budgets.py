@@ -1,0 +1,163 @@
+"""Monthly budgets and reservations: hold an estimate before a task is queued.
+
+Budget counters change only through single conditional UPDATEs, so spent + reserved
+never passes the limit however many submits race (docs/decisions/billing.md).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+
+from billing import money, selectors
+from billing.models import Budget
+from billing.models import Reservation as ReservationModel
+from billing.services._common import BudgetExceeded, InvalidBillingRequest, price_row, to_reservation, to_status
+from contracts.billing import BudgetStatus, Reservation, ReservationRequest
+
+MAX_LIMIT_USD = Decimal("1e10")  # DecimalField(20, 10) holds ten integer digits
+
+
+def _default_limit() -> Decimal:
+    return Decimal(settings.DEFAULT_MONTHLY_BUDGET_USD)
+
+
+def _budget_open(*, organization_id: UUID, api_key_id: UUID | None, period: date, limit: Decimal) -> Budget:
+    """The scope's row for ``period``, created on first use (concurrent creators meet at
+    the unique constraint; ``get_or_create`` then reads the winner's row)."""
+    row, _ = Budget.objects.get_or_create(
+        organization_id=organization_id, api_key_id=api_key_id, period=period, defaults={"limit_usd": limit}
+    )
+    return row
+
+
+def _budgets_for(*, organization_id: UUID, api_key_id: UUID | None, period: date) -> tuple[Budget, Budget | None]:
+    """The organization's row and, if the key has a budget of its own, the key's row for
+    ``period``. One query when both are open already; a new month opens rows carrying
+    the scope's last limit."""
+    latest = selectors.budgets_latest(organization_id=organization_id, api_key_id=api_key_id)
+    org = latest.get(None)
+    if org is None or org.period != period:
+        org = _budget_open(
+            organization_id=organization_id,
+            api_key_id=None,
+            period=period,
+            limit=org.limit_usd if org else _default_limit(),
+        )
+    key = latest.get(api_key_id) if api_key_id is not None else None
+    if key is not None and key.period != period:
+        key = _budget_open(organization_id=organization_id, api_key_id=api_key_id, period=period, limit=key.limit_usd)
+    return org, key
+
+
+def _hold(budget: Budget, amount: Decimal) -> None:
+    """Add ``amount`` to the row's reservations in one conditional UPDATE, or raise.
+
+    PostgreSQL re-checks the WHERE clause on the newest row version after waiting for a
+    concurrent writer's lock, so racing holds are serialised by the row lock and the sum
+    can never pass the limit.
+    """
+    held = Budget.objects.filter(pk=budget.pk, limit_usd__gte=F("spent_usd") + F("reserved_usd") + amount).update(
+        reserved_usd=F("reserved_usd") + amount, updated_at=Now()
+    )
+    if held:
+        return
+    row = Budget.objects.get(pk=budget.pk)
+    remaining = max(row.limit_usd - row.spent_usd - row.reserved_usd, money.ZERO)
+    scope = "this API key's" if row.api_key_id else "the organization's"
+    raise BudgetExceeded(
+        f"This request needs up to {money.as_string(amount)} USD; {scope} monthly budget has "
+        f"{money.as_string(remaining)} USD left.",
+        remaining_usd=money.as_string(remaining),
+        required_usd=money.as_string(amount),
+    )
+
+
+def unhold(budget_id: int | None, *, held: Decimal, charged: Decimal) -> None:
+    """Move a reservation out of ``reserved_usd`` and its real cost into ``spent_usd``."""
+    if budget_id is not None:
+        Budget.objects.filter(pk=budget_id).update(
+            reserved_usd=F("reserved_usd") - held, spent_usd=F("spent_usd") + charged, updated_at=Now()
+        )
+
+
+def budget_reserve(request: ReservationRequest) -> Reservation:
+    """Hold the estimated cost of a task against the organization's (and the key's own)
+    budget for this month, snapshotting the unit prices. Raises ``UnknownModel`` or
+    ``BudgetExceeded`` (402). Reserving again for a task that already holds one returns
+    the existing reservation."""
+    if request.estimated_input_tokens < 0 or request.max_output_tokens < 0:
+        raise InvalidBillingRequest("Token counts must not be negative.")
+    price = price_row(request.model)
+    amount = money.cost_of(
+        input_tokens=request.estimated_input_tokens,
+        output_tokens=request.max_output_tokens,
+        input_usd_per_mtok=price.input_usd_per_mtok,
+        output_usd_per_mtok=price.output_usd_per_mtok,
+    )
+    try:
+        with transaction.atomic():
+            org, key = _budgets_for(
+                organization_id=request.organization_id, api_key_id=request.api_key_id, period=money.current_period()
+            )
+            # Always organization first, then key: every writer locks budget rows in the
+            # same order, so concurrent reservations and settlements cannot deadlock.
+            _hold(org, amount)
+            if key is not None:
+                _hold(key, amount)
+            row = ReservationModel.objects.create(
+                organization_id=request.organization_id,
+                api_key_id=request.api_key_id,
+                task_id=request.task_id,
+                model=request.model,
+                amount_usd=amount,
+                input_usd_per_mtok=price.input_usd_per_mtok,
+                output_usd_per_mtok=price.output_usd_per_mtok,
+                org_budget=org,
+                key_budget=key,
+            )
+    except IntegrityError:
+        # reservation_one_held_per_task: the task holds one already; the holds above rolled back.
+        existing = ReservationModel.objects.filter(task_id=request.task_id, status=ReservationModel.Status.HELD).first()
+        if existing is None:
+            raise
+        return to_reservation(existing)
+    return to_reservation(row)
+
+
+def budget_status(*, organization_id: UUID, api_key_id: UUID | None = None) -> BudgetStatus:
+    """This month's budget of the organization, or of the API key if given and it has a
+    budget of its own. Reads only: a month nobody has spent in yet shows the carried
+    limit with nothing spent."""
+    period = money.current_period()
+    latest = selectors.budgets_latest(organization_id=organization_id, api_key_id=api_key_id)
+    row = latest.get(api_key_id) if api_key_id is not None and api_key_id in latest else latest.get(None)
+    if row is None:
+        return to_status(period=period, limit=_default_limit(), spent=money.ZERO, reserved=money.ZERO)
+    if row.period != period:
+        return to_status(period=period, limit=row.limit_usd, spent=money.ZERO, reserved=money.ZERO)
+    return to_status(period=period, limit=row.limit_usd, spent=row.spent_usd, reserved=row.reserved_usd)
+
+
+def budget_set(*, organization_id: UUID, limit_usd: Decimal, api_key_id: UUID | None = None) -> BudgetStatus:
+    """Set the monthly limit of the organization (or of one of its API keys) from this
+    month on; later months carry it. ``0`` blocks all paid work."""
+    try:
+        valid = limit_usd.is_finite() and money.ZERO <= limit_usd < MAX_LIMIT_USD
+    except (AttributeError, InvalidOperation):
+        valid = False
+    if not valid:
+        raise InvalidBillingRequest(f"A monthly limit must be between 0 and {MAX_LIMIT_USD:f} USD.")
+    limit = money.quantize(limit_usd)
+    with transaction.atomic():
+        row = _budget_open(
+            organization_id=organization_id, api_key_id=api_key_id, period=money.current_period(), limit=limit
+        )
+        Budget.objects.filter(pk=row.pk).update(limit_usd=limit, updated_at=Now())
+    return budget_status(organization_id=organization_id, api_key_id=api_key_id)
