@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "billing",
     "llm",
     "analytics",
+    # startcontext: contexts above
 ]
 
 MIDDLEWARE = [

@@ -11,6 +11,7 @@ api_v1 = [
     path("billing/", include("billing.api.urls")),
     path("", include("llm.api.urls")),
     path("analytics/", include("analytics.api.urls")),
+    # startcontext: api routes above
 ]
 
 urlpatterns = [

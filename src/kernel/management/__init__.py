@@ -1,0 +1,1 @@
+"""Management commands of the kernel (project tooling; they import no context)."""
