@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -16,13 +17,20 @@ from users import services as users
 
 
 @pytest.fixture(autouse=True)
-def _price_catalog(request: pytest.FixtureRequest) -> None:
-    """``transactional_db`` truncates every table, the catalog seeded by migration 0002
-    too: restore it before each test rather than depend on test order."""
+def _restore_catalog_after_flush(request: pytest.FixtureRequest, django_db_blocker: Any) -> Iterator[None]:
+    """``transactional_db`` truncates every table when its test ends, the price catalog
+    seeded by migration 0002 too, and ``--reuse-db`` would keep it empty for the next
+    session. Set up first, torn down last (after the flush): put the catalog back."""
+    yield
     if "transactional_db" in request.fixturenames:
-        request.getfixturevalue("transactional_db")
-    else:
-        request.getfixturevalue("db")
+        with django_db_blocker.unblock():
+            billing.price_catalog_seed()
+
+
+@pytest.fixture(autouse=True)
+def _price_catalog(_restore_catalog_after_flush: None, request: pytest.FixtureRequest) -> None:
+    """Every billing test starts with the launch catalog, whatever ran before it."""
+    request.getfixturevalue("transactional_db" if "transactional_db" in request.fixturenames else "db")
     billing.price_catalog_seed()
 
 
