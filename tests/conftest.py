@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from django.conf import settings
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
+from billing import services as billing
 from contracts.users import ApiKeyIssued
 from users import services as user_services
 
@@ -35,8 +38,21 @@ class Tenant:
         return str(self.issued.info.id)
 
 
+@pytest.fixture(autouse=True)
+def _restore_catalog_after_flush(request: pytest.FixtureRequest, django_db_blocker: Any) -> Iterator[None]:
+    """``transactional_db`` truncates every table when its test ends, the price catalog
+    seeded by a data migration too, and ``--reuse-db`` would keep it empty for the next
+    session. Set up first, torn down last (after the flush): put the catalog back."""
+    yield
+    if "transactional_db" in request.fixturenames:
+        with django_db_blocker.unblock():
+            billing.price_catalog_seed()
+
+
 @pytest.fixture
-def make_tenant(db: None):  # type: ignore[no-untyped-def]
+def make_tenant(request: pytest.FixtureRequest) -> Callable[..., Tenant]:
+    request.getfixturevalue("transactional_db" if "transactional_db" in request.fixturenames else "db")
+    billing.price_catalog_seed()
     counter = iter(range(1_000_000))
 
     def make(org: str | None = None, email: str | None = None) -> Tenant:
@@ -52,7 +68,7 @@ def make_tenant(db: None):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def tenant(make_tenant) -> Tenant:  # type: ignore[no-untyped-def]
+def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
     return make_tenant()
 
 

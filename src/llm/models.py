@@ -1,0 +1,98 @@
+"""AI tasks and their dead letters. Invariants only; the lifecycle lives in services."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class AITask(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROCESSING = "processing"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Priority(models.TextChoices):
+        HIGH = "high"
+        NORMAL = "normal"
+        LOW = "low"
+
+    OPEN = (Status.PENDING, Status.PROCESSING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Cross-context references: a string FK to users (no import), the key by id only.
+    organization = models.ForeignKey("users.Organization", on_delete=models.PROTECT, related_name="+")
+    api_key_id = models.UUIDField(null=True, blank=True)
+    prompt = models.TextField()
+    model = models.CharField(max_length=100)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    max_tokens = models.PositiveIntegerField()
+    metadata = models.JSONField(default=dict, blank=True)
+    callback_url = models.URLField(max_length=2000, null=True, blank=True)
+    use_cache = models.BooleanField(default=True)
+    request_id = models.CharField(max_length=128, blank=True, default="")
+
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    result = models.TextField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, null=True, blank=True)
+    cached = models.BooleanField(default=False)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    # The price the task was charged at: a later price change rewrites no history.
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    input_usd_per_mtok = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+    output_usd_per_mtok = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+    reservation_id = models.UUIDField(null=True, blank=True)
+
+    attempts = models.PositiveIntegerField(default=0)
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    available_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "AI task"
+        indexes = [
+            models.Index(fields=["organization", "-created_at", "-id"], name="aitask_org_created"),
+            models.Index(fields=["organization", "status", "-created_at", "-id"], name="aitask_org_status_created"),
+            models.Index(
+                fields=["status", "created_at"], name="aitask_open", condition=Q(status__in=["pending", "processing"])
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "processing", "done", "failed", "cancelled"]),
+                name="aitask_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(max_tokens__gte=1, max_tokens__lte=8192), name="aitask_max_tokens"),
+            models.CheckConstraint(condition=Q(cost_usd__gte=0), name="aitask_cost_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+
+class DeadLetter(models.Model):
+    """A task that exhausted its retries. Replaying re-runs it with a fresh budget reservation."""
+
+    task = models.ForeignKey(AITask, on_delete=models.CASCADE, related_name="dead_letters")
+    reason = models.TextField()
+    attempts = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["-created_at"], name="deadletter_created")]
+
+    def __str__(self) -> str:
+        return f"dead letter for {self.task_id}"

@@ -1,3 +1,11 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from llm.api.sse import task_events
+from llm.api.views import AITaskCancelApi, AITaskDetailApi, AITaskListCreateApi
+
+urlpatterns = [
+    path("ai-tasks/", AITaskListCreateApi.as_view(), name="ai-tasks"),
+    path("ai-tasks/<uuid:task_id>/", AITaskDetailApi.as_view(), name="ai-task-detail"),
+    path("ai-tasks/<uuid:task_id>/cancel/", AITaskCancelApi.as_view(), name="ai-task-cancel"),
+    path("ai-tasks/<uuid:task_id>/events/", task_events, name="ai-task-events"),
+]

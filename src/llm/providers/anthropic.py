@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeGuard
 
 import anthropic
 import httpx2
@@ -119,6 +120,12 @@ class AnthropicProvider:
         try:
             yield
         except anthropic.APIError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, anthropic.APIConnectionError) and _foreign(cause):
+                # This SDK wraps *any* exception raised while sending as a connection error,
+                # including Celery's SoftTimeLimitExceeded from its signal handler: let that
+                # one through, so the task fails as timed out instead of retrying an "outage".
+                raise cause from None
             raise translate_error(exc, secrets=(self._api_key,)) from None
         except httpx2.TimeoutException:
             # Unlike the OpenAI SDK, this one lets read errors in the middle of a stream
@@ -147,6 +154,11 @@ def translate_error(exc: anthropic.APIError, *, secrets: tuple[str, ...] = ()) -
         return error_for_status(status, message, retry_after=parse_retry_after(exc.response.headers))
     # A response we could not parse, or an error without a status: treat as an outage.
     return ProviderUnavailable(redact(f"anthropic: unexpected API response ({type(exc).__name__}).", secrets))
+
+
+def _foreign(cause: BaseException | None) -> TypeGuard[BaseException]:
+    """True for an exception that is no network failure (and so not ours to translate)."""
+    return cause is not None and not isinstance(cause, httpx2.HTTPError | OSError | anthropic.AnthropicError)
 
 
 def _messages(request: CompletionRequest) -> list[MessageParam]:

@@ -1,0 +1,60 @@
+"""LLM contracts: submitting AI tasks and reading them back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+from contracts.base import Contract
+
+TaskStatus = Literal["pending", "processing", "done", "failed", "cancelled"]
+TaskPriority = Literal["high", "normal", "low"]
+OPEN_STATUSES: tuple[TaskStatus, ...] = ("pending", "processing")
+TERMINAL_STATUSES: tuple[TaskStatus, ...] = ("done", "failed", "cancelled")
+QUEUE_FOR_PRIORITY: dict[str, str] = {"high": "priority", "normal": "default", "low": "low"}
+
+
+class TaskSubmission(Contract):
+    """A validated request for AI work (limits are enforced by the API serializer)."""
+
+    organization_id: UUID
+    api_key_id: UUID | None
+    prompt: str
+    model: str
+    priority: TaskPriority = "normal"
+    max_tokens: int = 1024
+    metadata: dict[str, Any] = {}
+    callback_url: str | None = None
+    use_cache: bool = True
+    request_id: str | None = None
+
+
+class AITask(Contract):
+    id: UUID
+    organization_id: UUID
+    status: TaskStatus
+    priority: TaskPriority
+    model: str
+    prompt: str
+    max_tokens: int
+    result: str | None
+    error: str | None
+    error_code: str | None
+    cached: bool
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_seconds: float | None
+    metadata: dict[str, Any]
+    callback_url: str | None
+
+
+class AITaskPage(Contract):
+    results: list[AITask]
+    next_cursor: str | None

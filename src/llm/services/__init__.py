@@ -1,0 +1,35 @@
+"""Public surface of the llm context. Other contexts, the API, the admin and the Celery
+tasks call only what is exported here."""
+
+from llm.services._common import status_payload
+from llm.services.execution import Outcome, backoff_seconds, task_execute
+from llm.services.submit import (
+    TaskNotCancellable,
+    TaskNotFound,
+    TaskNotRerunnable,
+    dead_letter_replay,
+    task_cancel,
+    task_get,
+    task_list,
+    task_rerun,
+    task_submit,
+)
+from llm.services.sweeper import SweepReport, tasks_sweep
+
+__all__ = [
+    "Outcome",
+    "SweepReport",
+    "TaskNotCancellable",
+    "TaskNotFound",
+    "TaskNotRerunnable",
+    "backoff_seconds",
+    "dead_letter_replay",
+    "status_payload",
+    "task_cancel",
+    "task_execute",
+    "task_get",
+    "task_list",
+    "task_rerun",
+    "task_submit",
+    "tasks_sweep",
+]

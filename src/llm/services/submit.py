@@ -1,0 +1,213 @@
+"""Accepting, reading and cancelling AI tasks (the request side of the lifecycle).
+
+Nothing slow runs here: validate, reserve budget, insert, dispatch after commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from uuid import UUID
+
+import structlog
+from celery import current_app
+from django.db import transaction
+from django.utils import timezone
+
+from billing import services as billing
+from contracts.billing import ReservationRequest, TokenUsage
+from contracts.llm import AITask as AITaskContract
+from contracts.llm import AITaskPage, TaskSubmission
+from kernel import services as kernel
+from kernel.errors import ConflictError, NotFoundError
+from llm import response_cache, selectors, streams
+from llm.models import AITask, DeadLetter
+from llm.providers.tokens import estimate_tokens
+from llm.services._common import dispatch, finished_event, publish_status, to_task
+
+log = structlog.get_logger(__name__)
+
+
+class TaskNotFound(NotFoundError):
+    default_detail = "AI task not found."
+
+
+class TaskNotCancellable(ConflictError):
+    code = "task_not_cancellable"
+    default_detail = "The task has already finished."
+
+
+class TaskNotRerunnable(ConflictError):
+    code = "task_not_rerunnable"
+    default_detail = "Only failed tasks can be re-run."
+
+
+def task_submit(submission: TaskSubmission) -> AITaskContract:
+    """Accept a task: a cache hit is answered at once; otherwise reserve, insert, dispatch."""
+    key = response_cache.cache_key(
+        organization_id=submission.organization_id,
+        model=submission.model,
+        max_tokens=submission.max_tokens,
+        prompt=submission.prompt,
+    )
+    hit = response_cache.get(key) if submission.use_cache else None
+    if hit is not None:
+        return _submit_cached(submission, hit)
+    task_id = uuid.uuid4()
+    with transaction.atomic():
+        reservation = billing.budget_reserve(
+            ReservationRequest(
+                organization_id=submission.organization_id,
+                api_key_id=submission.api_key_id,
+                task_id=task_id,
+                model=submission.model,
+                estimated_input_tokens=estimate_tokens(submission.prompt),
+                max_output_tokens=submission.max_tokens,
+            )
+        )
+        task = AITask.objects.create(
+            id=task_id,
+            reservation_id=reservation.id,
+            input_usd_per_mtok=reservation.input_usd_per_mtok,
+            output_usd_per_mtok=reservation.output_usd_per_mtok,
+            dispatched_at=timezone.now(),
+            **_fields(submission),
+        )
+        transaction.on_commit(lambda: dispatch(task.id, task.priority))
+    return to_task(task)
+
+
+def _fields(submission: TaskSubmission) -> dict[str, object]:
+    return {
+        "organization_id": submission.organization_id,
+        "api_key_id": submission.api_key_id,
+        "prompt": submission.prompt,
+        "model": submission.model,
+        "priority": submission.priority,
+        "max_tokens": submission.max_tokens,
+        "metadata": submission.metadata,
+        "callback_url": submission.callback_url,
+        "use_cache": submission.use_cache,
+        "request_id": submission.request_id or "",
+    }
+
+
+def _submit_cached(submission: TaskSubmission, hit: response_cache.CachedAnswer) -> AITaskContract:
+    now = timezone.now()
+    with transaction.atomic():
+        task = AITask.objects.create(
+            status=AITask.Status.DONE,
+            result=hit.text,
+            cached=True,
+            input_tokens=hit.input_tokens,
+            output_tokens=hit.output_tokens,
+            cost_usd=0,
+            started_at=now,
+            completed_at=now,
+            **_fields(submission),
+        )
+        billing.usage_record_cache_hit(
+            organization_id=task.organization_id,
+            api_key_id=task.api_key_id,
+            task_id=task.id,
+            model=task.model,
+            usage=TokenUsage(input_tokens=hit.input_tokens, output_tokens=hit.output_tokens),
+        )
+        kernel.event_publish(finished_event(task))
+        transaction.on_commit(lambda: publish_status(task))
+    return to_task(task)
+
+
+def task_get(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
+    task = selectors.task_find(organization_id=organization_id, task_id=task_id)
+    if task is None:
+        raise TaskNotFound()
+    return to_task(task)
+
+
+def task_list(
+    *, organization_id: UUID, status: str | None = None, cursor: str | None = None, limit: int = 20
+) -> AITaskPage:
+    rows, next_cursor = selectors.task_page(organization_id=organization_id, status=status, cursor=cursor, limit=limit)
+    return AITaskPage(results=[to_task(row) for row in rows], next_cursor=next_cursor)
+
+
+def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
+    """Cancel an open task. A worker still running it finds the row no longer
+    ``processing`` when it tries to finish, discards its result and charges nothing."""
+    with transaction.atomic():
+        task = selectors.task_queryset(organization_id=organization_id).select_for_update().filter(id=task_id).first()
+        if task is None:
+            raise TaskNotFound()
+        if task.status not in AITask.OPEN:
+            raise TaskNotCancellable(status=task.status)
+        was_processing = task.status == AITask.Status.PROCESSING
+        task.status = AITask.Status.CANCELLED
+        task.completed_at = timezone.now()
+        task.lease_token = None
+        task.lease_expires_at = None
+        task.save(update_fields=["status", "completed_at", "lease_token", "lease_expires_at", "updated_at"])
+        if task.reservation_id:
+            billing.reservation_release(reservation_id=task.reservation_id)
+        kernel.event_publish(finished_event(task))
+        transaction.on_commit(lambda: _after_cancel(task, was_processing))
+    return to_task(task)
+
+
+def _after_cancel(task: AITask, was_processing: bool) -> None:
+    streams.mark_cancelled(task.id)
+    publish_status(task)
+    try:  # a message still waiting in the broker will not start
+        current_app.control.revoke(str(task.id), terminate=False)
+    except Exception:
+        log.warning("revoke_failed", task_id=str(task.id), was_processing=was_processing, exc_info=True)
+
+
+def task_rerun(*, task_id: UUID) -> AITaskContract:
+    """Run a failed task again from scratch (admin, dead-letter replay): a new budget
+    reservation, attempts reset, dispatched after commit."""
+    with transaction.atomic():
+        task = AITask.objects.select_for_update().filter(id=task_id).first()
+        if task is None:
+            raise TaskNotFound()
+        if task.status != AITask.Status.FAILED:
+            raise TaskNotRerunnable(status=task.status)
+        reservation = billing.budget_reserve(
+            ReservationRequest(
+                organization_id=task.organization_id,
+                api_key_id=task.api_key_id,
+                task_id=task.id,
+                model=task.model,
+                estimated_input_tokens=estimate_tokens(task.prompt),
+                max_output_tokens=task.max_tokens,
+            )
+        )
+        AITask.objects.filter(pk=task.pk).update(
+            status=AITask.Status.PENDING,
+            attempts=0,
+            result=None,
+            error=None,
+            error_code=None,
+            started_at=None,
+            completed_at=None,
+            lease_token=None,
+            lease_expires_at=None,
+            available_at=None,
+            dispatched_at=timezone.now(),
+            reservation_id=reservation.id,
+            cost_usd=0,
+            input_tokens=0,
+            output_tokens=0,
+            input_usd_per_mtok=reservation.input_usd_per_mtok,
+            output_usd_per_mtok=reservation.output_usd_per_mtok,
+        )
+        DeadLetter.objects.filter(task_id=task.pk, replayed_at__isnull=True).update(replayed_at=timezone.now())
+        task.refresh_from_db()
+        transaction.on_commit(lambda: dispatch(task.id, task.priority))
+    return to_task(task)
+
+
+def dead_letter_replay(*, dead_letter_id: int) -> AITaskContract:
+    letter = DeadLetter.objects.filter(id=dead_letter_id).first()
+    if letter is None:
+        raise NotFoundError("Dead letter not found.")
+    return task_rerun(task_id=letter.task_id)

@@ -1,0 +1,24 @@
+"""Celery entry points of the llm context: ids in, a service call, retries here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from uuid import UUID
+
+from celery import Task, shared_task
+
+from llm import services
+
+
+@shared_task(bind=True, name="llm.run_ai_task", ignore_result=True)
+def run_ai_task(self: Task[[str], str], task_id: str) -> str:
+    outcome = services.task_execute(task_id=UUID(task_id))
+    if outcome.kind == "retry":
+        # Attempts are counted in the database; Celery's own counter is not the cap.
+        raise self.retry(countdown=outcome.countdown, queue=outcome.queue or "default", max_retries=None)
+    return outcome.kind
+
+
+@shared_task(name="llm.sweep_tasks", ignore_result=True)
+def sweep_tasks() -> dict[str, int]:
+    return asdict(services.tasks_sweep())
