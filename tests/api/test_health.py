@@ -1,0 +1,162 @@
+"""Operations endpoints (SPEC §4): /healthz, /readyz with a check per dependency, /metrics.
+
+The outage tests start a real server (gunicorn for the web role, uvicorn for the stream
+role) whose Redis or PostgreSQL address points at a closed port, and require /readyz to
+answer 503 naming the failed check within a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_healthz_answers_without_touching_dependencies(client: Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_reports_each_dependency(client: Client) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"database", "cache", "broker"}
+    for check in body["checks"].values():
+        assert check["ok"] is True
+        assert isinstance(check["ms"], float | int)
+
+
+def test_probes_are_get_only(client: Client) -> None:
+    assert client.post("/readyz").status_code == 405
+    assert client.post("/healthz").status_code == 405
+
+
+def test_metrics_are_prometheus_text_counting_requests(client: Client) -> None:
+    client.get("/healthz")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+    assert "# TYPE switchyard_http_requests_total counter" in text
+    assert 'switchyard_http_requests_total{method="GET",route="healthz",status="200"}' in text
+    assert "switchyard_http_request_seconds_bucket" in text
+
+
+# -- real servers with a dependency down ------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def start_server(kind: str, **env_values: str) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") or k == "PYTEST_XDIST_WORKER"}
+    env.pop("SWITCHYARD_ASGI", None)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings_test",
+        PYTHONPATH=f"{ROOT / 'src'}:{ROOT}",
+        DATABASE_URL=f"postgres:///{connection.settings_dict['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+    )
+    env.update(env_values)
+    if kind == "wsgi":
+        command = ["-m", "gunicorn", "config.wsgi:application", "--workers", "1", "--bind", f"127.0.0.1:{port}"]
+    else:
+        command = ["-m", "uvicorn", "config.asgi:application", "--lifespan", "off", "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, *command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"{kind} server exited: {process.stderr.read().decode() if process.stderr else ''}"
+                )
+            try:
+                if get(f"{base}/healthz", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{kind} server did not start")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def server_without_redis(request: pytest.FixtureRequest, db: None) -> Iterator[str]:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    yield from start_server(request.param, REDIS_URL=closed, CELERY_BROKER_URL=closed)
+
+
+@pytest.fixture
+def server_without_database(db: None) -> Iterator[str]:
+    yield from start_server("wsgi", DATABASE_URL=f"postgres://127.0.0.1:{free_port()}/switchyard")
+
+
+@pytest.mark.slow
+def test_readyz_is_503_within_seconds_when_redis_is_down(server_without_redis: str) -> None:
+    started = time.monotonic()
+    status, body = get(f"{server_without_redis}/readyz")
+    elapsed = time.monotonic() - started
+    assert status == 503, body
+    assert body["status"] == "unavailable"
+    checks = body["checks"]
+    assert checks["database"]["ok"] is True
+    assert checks["cache"]["ok"] is False
+    assert checks["broker"]["ok"] is False
+    assert elapsed < 5, f"/readyz took {elapsed:.1f}s"
+    assert "redis://" not in json.dumps(body)  # names the failure, never the address
+    # Liveness does not depend on Redis: the process is up, only not ready.
+    assert get(f"{server_without_redis}/healthz")[0] == 200
+
+
+@pytest.mark.slow
+def test_readyz_is_503_when_the_database_is_down(server_without_database: str) -> None:
+    started = time.monotonic()
+    status, body = get(f"{server_without_database}/readyz")
+    assert status == 503, body
+    assert body["checks"]["database"]["ok"] is False
+    assert body["checks"]["cache"]["ok"] is True
+    assert body["checks"]["broker"]["ok"] is True
+    assert time.monotonic() - started < 5
