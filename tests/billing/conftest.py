@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 import pytest
@@ -14,17 +13,6 @@ from billing import services as billing
 from contracts.billing import UsageEntry
 from tests.billing.helpers import frozen, reserve, settle
 from users import services as users
-
-
-@pytest.fixture(autouse=True)
-def _restore_catalog_after_flush(request: pytest.FixtureRequest, django_db_blocker: Any) -> Iterator[None]:
-    """``transactional_db`` truncates every table when its test ends, the price catalog
-    seeded by migration 0002 too, and ``--reuse-db`` would keep it empty for the next
-    session. Set up first, torn down last (after the flush): put the catalog back."""
-    yield
-    if "transactional_db" in request.fixturenames:
-        with django_db_blocker.unblock():
-            billing.price_catalog_seed()
 
 
 @pytest.fixture(autouse=True)
