@@ -25,6 +25,7 @@ from llm.providers import (
     TextDelta,
 )
 from tests.providers.conftest import API_KEYS, KINDS, PATHS, MakeProvider, build
+from tests.providers.signals import SoftTimeLimit, soft_time_limit
 from tests.providers.wire import Reply, WireServer
 
 Mode = Literal["complete", "stream"]
@@ -247,3 +248,22 @@ def test_stopping_a_stream_early_closes_it_quietly(kind: str, wire: WireServer, 
     stream.close()  # e.g. the task was cancelled
 
     assert make_provider(kind).complete(REQUEST).text == "Hello, wire world!"  # the server is still fine
+
+
+@pytest.mark.parametrize(
+    ("mode", "stall"),
+    [("complete", False), ("stream", False), ("stream", True)],
+    ids=["complete", "stream-before-answer", "stream-mid-way"],
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_soft_time_limit_passes_through_untranslated(
+    kind: str, mode: Mode, stall: bool, wire: WireServer, make_provider: MakeProvider
+) -> None:
+    """Celery's soft limit must reach the task as itself, not as a retryable outage."""
+    wire.script(Reply(stall_mid_stream=True) if stall else Reply(delay_s=10))
+    started = time.monotonic()
+
+    with pytest.raises(SoftTimeLimit), soft_time_limit(0.3):
+        call(make_provider(kind), mode)
+
+    assert time.monotonic() - started < 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -18,6 +19,7 @@ from llm.providers import (
 )
 from llm.providers.fake import HANG_STEP_S, Directives, FakeProvider
 from llm.providers.tokens import estimate_tokens
+from tests.providers.signals import SoftTimeLimit, soft_time_limit
 
 MODELS = ["fake-small", "fake-large"]
 
@@ -256,3 +258,15 @@ def test_directive_parsing() -> None:
     assert parsed == Directives(sleep_ms=5, error_status=503, error_attempts=2, hang=True, tokens=(3, 4))
     assert Directives.parse("#fake:sleep=1 #fake:sleep=2").sleep_ms == 2  # the last one wins
     assert Directives.parse("#fake:error=429:0").fails_on(1) is False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_hang_with_real_sleep_yields_to_a_signal_quickly(stream: bool) -> None:
+    provider = FakeProvider(latency_ms=0)  # time.sleep: as on a Celery worker
+    req = request("Wait forever #fake:hang")
+    started = time.monotonic()
+
+    with pytest.raises(SoftTimeLimit), soft_time_limit(0.2):
+        _ = list(provider.stream(req)) if stream else provider.complete(req)
+
+    assert time.monotonic() - started < 1
