@@ -145,7 +145,8 @@ def start_postgres(url: str) -> str:
         _run(["test", "-w", str(home)], user=user)  # every parent directory must be traversable
     if not (data / "PG_VERSION").exists():
         port = _port_for(url, 5432)
-        _run([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "--locale=C", "-N"], user=user)
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--locale=C"]
+        _run([*initdb, "--no-sync"], user=user)
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"\n# switchyard throw-away server\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
@@ -246,8 +247,8 @@ def ensure(env_file: Path | None) -> int:
             print(f"switchyard: {problem}", file=sys.stderr)
         print(f"switchyard: {INSTALL_HINT}", file=sys.stderr)
         return 1
-    if urls["REDIS_URL"] != redis_url and os.environ.get("CELERY_BROKER_URL") in (None, "", redis_url):
-        urls["CELERY_BROKER_URL"] = urls["REDIS_URL"]  # the broker followed REDIS_URL; keep it that way
+    if urls["REDIS_URL"] != redis_url and os.environ.get("CELERY_BROKER_URL") == redis_url:
+        urls["CELERY_BROKER_URL"] = urls["REDIS_URL"]  # the broker was the old REDIS_URL: move it too
     if env_file is not None:
         env_file.parent.mkdir(parents=True, exist_ok=True)
         env_file.write_text("".join(f"export {var}={shlex.quote(url)}\n" for var, url in urls.items()))
