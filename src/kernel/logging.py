@@ -14,13 +14,26 @@ from typing import Any
 import structlog
 
 SECRET_FIELDS = frozenset({"authorization", "api_key", "password", "secret", "token", "key"})
+# Header and environ spellings of the same fields: HTTP_AUTHORIZATION, X-Api-Key, ...
+SECRET_SUFFIXES = ("_authorization", "_api_key", "_password", "_secret", "_token")
+REDACTED = "[redacted]"
+
+
+def _is_secret(field: object) -> bool:
+    name = str(field).lower().replace("-", "_")
+    return name in SECRET_FIELDS or name.endswith(SECRET_SUFFIXES)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, dict):  # e.g. a headers mapping passed as one field
+        return {k: REDACTED if _is_secret(k) else _redact_value(v) for k, v in value.items()}
+    return value
 
 
 def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Never let a secret reach a log line, whatever a caller passes."""
-    for field in list(event_dict):
-        if field.lower() in SECRET_FIELDS:
-            event_dict[field] = "[redacted]"
+    for field, value in list(event_dict.items()):
+        event_dict[field] = REDACTED if _is_secret(field) else _redact_value(value)
     return event_dict
 
 
