@@ -1,0 +1,217 @@
+"""Real processes for the pipeline tests: Celery workers per queue (the SPEC §2 policy
+from settings), a uvicorn `stream` server, and a broker proxy that can be cut.
+
+Workers and servers connect to the pytest-django test database, so these tests use
+``transactional_db``: what a test commits is what the workers see.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = socket.gethostname()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") or k == "PYTEST_XDIST_WORKER"}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings_test",
+        PYTHONPATH=f"{ROOT / 'src'}:{ROOT}",
+        DATABASE_URL=f"postgres:///{connection.settings_dict['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        CACHE_KEY_PREFIX=settings.CACHES["default"]["KEY_PREFIX"],
+        PYTHONUNBUFFERED="1",
+        LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+class Worker:
+    def __init__(self, queue: str, log_dir: Path, **env: str) -> None:
+        self.queue = queue
+        self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{HOST}"
+        self.log_path = log_dir / f"{self.name}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            self.name,
+            "--concurrency",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "-E",
+            "--loglevel",
+            "INFO",
+        ]
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=process_env(**env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b"ready." in self.log_path.read_bytes():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker {self.name} not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(queue: str, **env: str) -> Worker:
+        worker = Worker(queue, tmp_path, **env)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def workers(transactional_db: None, start_worker: Callable[..., Worker]) -> dict[str, Worker]:
+    """One worker process per queue, as in production."""
+    return {queue: start_worker(queue) for queue in ("priority", "default", "low")}
+
+
+@pytest.fixture
+def stream_server(transactional_db: None, tmp_path: Path) -> Iterator[str]:
+    """The `stream` role: uvicorn serving the ASGI app (SSE)."""
+    port = free_port()
+    log = (tmp_path / "uvicorn.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=process_env(SSE_HEARTBEAT_S="0.5"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError((tmp_path / "uvicorn.log").read_text()[-3000:])
+        time.sleep(0.1)
+    yield base
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=10)
+    log.close()
+
+
+class TcpProxy:
+    """A TCP proxy in front of Redis, so a test can cut the broker and restore it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with suppress(OSError):
+            dst.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            for conn in self._conns:
+                with suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            self._conns.clear()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.1) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")

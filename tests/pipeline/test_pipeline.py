@@ -1,0 +1,239 @@
+"""End to end with real Celery workers (one process per queue, SPEC §2 policy), real
+PostgreSQL and Redis, and the fake provider's directives (SPEC §6)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from billing import services as billing
+from llm import services
+from llm.models import AITask
+from tests.pipeline.conftest import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def submit(tenant, prompt: str, **body) -> str:
+    response = tenant.client.post("/api/v1/ai-tasks/", {"prompt": prompt, **body}, format="json")
+    assert response.status_code == 202, response.json()
+    return response.json()["id"]
+
+
+def wait_terminal(task_id: str, timeout: float = 40) -> AITask:
+    def terminal() -> AITask | None:
+        task = AITask.objects.get(id=task_id)
+        return task if task.status in ("done", "failed", "cancelled") else None
+
+    return wait_for(terminal, timeout=timeout)  # type: ignore[return-value]
+
+
+def budget(tenant):
+    return billing.budget_status(organization_id=uuid.UUID(tenant.organization_id))
+
+
+def read_sse(
+    base: str, tenant, task_id: str, last_event_id: str | None = None, sink: list[dict] | None = None
+) -> list[dict]:
+    """Read one SSE response to its end; events are appended to ``sink`` as they arrive."""
+    headers = {"Authorization": f"Bearer {tenant.issued.key}"}
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    events: list[dict] = [] if sink is None else sink
+    current: dict = {}
+    with httpx.stream("GET", f"{base}/api/v1/ai-tasks/{task_id}/events/", headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "event" in current:
+                    current["data"] = json.loads(current["data"])
+                    events.append(current)
+                current = {}
+            elif line.startswith(":"):
+                current = {}
+            elif ":" in line:
+                field, _, value = line.partition(":")
+                current[field] = value.strip()
+    return events
+
+
+def test_submit_runs_to_done_and_sse_sees_every_transition(tenant, start_worker, stream_server) -> None:
+    task_id = submit(tenant, "Describe a marshalling yard in detail. #fake:tokens=120,300")
+    # No worker yet: the stream starts with the current state, pending.
+    collected: list[dict] = []
+    import threading
+
+    reader = threading.Thread(target=read_sse, args=(stream_server, tenant, task_id), kwargs={"sink": collected})
+    reader.start()
+    wait_for(lambda: collected, timeout=20)  # the snapshot arrived while the task is still pending
+    start_worker("default")
+    reader.join(timeout=40)
+    assert not reader.is_alive()
+
+    kinds = [(e["event"], e["data"].get("status")) for e in collected]
+    statuses = [status for kind, status in kinds if kind == "status"]
+    assert statuses[0] == "pending" and statuses[1] == "processing" and statuses[-1] == "done"
+    deltas = [e for e in collected if e["event"] == "delta"]
+    assert len(deltas) >= 2
+    task = AITask.objects.get(id=task_id)
+    assert "".join(d["data"]["text"] for d in deltas) == task.result
+    assert (task.status, task.input_tokens, task.output_tokens, task.attempts) == ("done", 120, 300, 1)
+    assert task.cost_usd == Decimal("0.00006") + Decimal("0.00045")
+    assert budget(tenant).spent_usd == task.cost_usd and budget(tenant).reserved_usd == 0
+
+    # Reconnecting with Last-Event-ID yields exactly what came after that event.
+    processing = next(e for e in collected if e["event"] == "status" and e["data"]["status"] == "processing")
+    resumed = read_sse(stream_server, tenant, task_id, last_event_id=processing["id"])
+    after = collected[collected.index(processing) + 1 :]
+    assert [e["id"] for e in resumed] == [e["id"] for e in after]
+
+
+def test_events_of_another_organization_are_404(make_tenant, stream_server) -> None:
+    alice, bob = make_tenant(), make_tenant()
+    task_id = submit(alice, "A task that belongs to Alice")
+    response = httpx.get(
+        f"{stream_server}/api/v1/ai-tasks/{task_id}/events/",
+        headers={"Authorization": f"Bearer {bob.issued.key}"},
+        timeout=10,
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    unauth = httpx.get(f"{stream_server}/api/v1/ai-tasks/{task_id}/events/", timeout=10)
+    assert unauth.status_code == 401
+
+
+def test_error_classes_end_as_the_spec_says(tenant, workers) -> None:
+    cases = {
+        "rate limited twice #fake:error=429:2": ("done", 3),
+        "unavailable once #fake:error=503:1": ("done", 2),
+        "bad request #fake:error=400": ("failed", 1),
+        "never answers #fake:hang": ("failed", 1),
+    }
+    ids = {prompt: submit(tenant, prompt) for prompt in cases}
+    for prompt, (status, attempts) in cases.items():
+        task = wait_terminal(ids[prompt])
+        assert (task.status, task.attempts) == (status, attempts), (prompt, task.error)
+        if status == "failed":
+            assert task.cost_usd == 0
+    hung = AITask.objects.get(id=ids["never answers #fake:hang"])
+    assert hung.error_code == "timeout" and "time limit" in (hung.error or "")
+    charged = sum(AITask.objects.filter(status="done").values_list("cost_usd", flat=True), Decimal(0))
+    status = budget(tenant)
+    assert status.spent_usd == charged and status.reserved_usd == 0  # failures charged nothing, released all
+
+
+def test_worker_killed_mid_task_finishes_exactly_once(tenant, start_worker) -> None:
+    doomed = start_worker("default")
+    task_id = submit(tenant, "A long job #fake:sleep=3000")
+    wait_for(lambda: AITask.objects.get(id=task_id).status == "processing", timeout=20)
+    doomed.kill()  # SIGKILL to the whole worker: no chance to ack, reject or clean up
+    doomed.process.wait(timeout=10)
+    start_worker("default")
+
+    def finished() -> bool:
+        services.tasks_sweep()  # what beat runs every 30 s
+        return AITask.objects.get(id=task_id).status in ("done", "failed")
+
+    wait_for(finished, timeout=60, interval=0.5)
+    task = AITask.objects.get(id=task_id)
+    assert task.status == "done" and task.attempts == 2
+    report = billing.usage_report(
+        organization_id=uuid.UUID(tenant.organization_id),
+        start=task.created_at.date(),
+        end=task.created_at.date(),
+        group_by="model",
+    )
+    assert [row.tasks for row in report] == [1]  # one ledger row: charged once
+    assert budget(tenant).spent_usd == task.cost_usd > 0 and budget(tenant).reserved_usd == 0
+
+
+def test_cancel_pending_processing_and_terminal(tenant, start_worker) -> None:
+    pending = submit(tenant, "Nobody is listening yet", priority="low")
+    response = tenant.client.post(f"/api/v1/ai-tasks/{pending}/cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+
+    worker = start_worker("default")
+    running = submit(tenant, "Slow and then cancelled #fake:sleep=2000")
+    wait_for(lambda: AITask.objects.get(id=running).status == "processing", timeout=20)
+    response = tenant.client.post(f"/api/v1/ai-tasks/{running}/cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    # The worker finishes the provider call, finds the task cancelled and discards the result.
+    wait_for(lambda: f"{running}] succeeded" in worker.log_path.read_text(), timeout=20)
+    assert "'discarded'" in worker.log_path.read_text()
+    task = AITask.objects.get(id=running)
+    assert task.status == "cancelled" and task.cost_usd == 0
+    assert budget(tenant).spent_usd == 0 and budget(tenant).reserved_usd == 0
+    assert tenant.client.post(f"/api/v1/ai-tasks/{running}/cancel/").status_code == 409
+
+    low = start_worker("low")
+    # The cancelled pending task never runs, even with a worker on its queue: it is revoked,
+    # and a delivery that slipped through finds nothing to claim.
+    wait_for(lambda: pending in low.log_path.read_text(), timeout=20)
+    assert AITask.objects.get(id=pending).attempts == 0
+
+
+def test_broker_outage_at_submit_still_accepts_and_completes_later(tenant, start_worker) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from urllib.parse import urlparse
+
+    from tests.pipeline.conftest import TcpProxy, free_port, process_env
+
+    broker = urlparse(__import__("django.conf").conf.settings.CELERY_BROKER_URL)
+    proxy = TcpProxy(broker.port or 6379)
+    proxy.start()
+    port = free_port()
+    from tests.pipeline.conftest import ROOT
+
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "1"],
+        cwd=ROOT,
+        env=process_env(CELERY_BROKER_URL=f"redis://127.0.0.1:{proxy.port}{broker.path}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _up(f"{base}/healthz"), timeout=30)
+        proxy.stop()  # the broker is now unreachable for the web process
+        response = httpx.post(
+            f"{base}/api/v1/ai-tasks/",
+            json={"prompt": "Accepted during an outage"},
+            headers={"Authorization": f"Bearer {tenant.issued.key}"},
+            timeout=30,
+        )
+        assert response.status_code == 202
+        task_id = response.json()["id"]
+        assert AITask.objects.get(id=task_id).status == "pending"
+        start_worker("default")
+        # The broker is back (for the sweeper's process); a sweep after the grace period dispatches it.
+        wait_for(
+            lambda: services.tasks_sweep() and AITask.objects.get(id=task_id).status == "done", timeout=30, interval=0.5
+        )
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=10)
+        proxy.stop()
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_backlog_on_low_never_delays_priority(tenant, workers) -> None:
+    backlog = [submit(tenant, f"Bulk job {i} #fake:sleep=1500", priority="low") for i in range(6)]
+    urgent = submit(tenant, "Interactive turn", priority="high")
+    wait_terminal(urgent, timeout=20)
+    open_low = AITask.objects.filter(id__in=backlog, status__in=["pending", "processing"]).count()
+    assert open_low >= 4  # the low pool is still busy with its backlog when priority finishes
