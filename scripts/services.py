@@ -4,9 +4,10 @@
 REDIS_URL, and the database must exist (it is created when missing). When a server does
 not answer, its URL points at this machine and the server binaries are installed, a
 throw-away server is started under ``.local/`` (git-ignored; ``SWITCHYARD_LOCAL_DIR``
-moves it) on the URL's port if it is free, else on a free port. Otherwise it says
-exactly what to install, or to use `docker compose up`. The URLs to use are printed and,
-with ``--env-file``, written as shell ``export`` lines (scripts/run.sh sources them).
+moves it), serving the URL itself when its port (and, for PostgreSQL, its unix socket) is
+free, else on a free port. Otherwise it says exactly what to install, or to use
+`docker compose up`. A URL that changed is printed and, with ``--env-file``, every URL to
+use is written as a shell ``export`` line (scripts/run.sh sources them).
 
 ``stop``: stops the throw-away servers (their data stays under ``.local/``).
 """
@@ -16,9 +17,11 @@ with ``--env-file``, written as shell ``export`` lines (scripts/run.sh sources t
 from __future__ import annotations
 
 import argparse
+import getpass
 import glob
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -38,7 +41,8 @@ LOCAL = Path(os.environ.get("SWITCHYARD_LOCAL_DIR", ROOT / ".local")).resolve()
 DEFAULT_DATABASE_URL = "postgres:///switchyard"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
-PG_USER = "switchyard"  # superuser of the throw-away cluster (trust auth, loopback only)
+# libpq names the socket it tried: connection to server on socket "/var/run/postgresql/.s.PGSQL.5432" failed
+SOCKET_IN_ERROR = re.compile(r'on socket "(?P<dir>/[^"]+)/\.s\.PGSQL\.(?P<port>\d+)"')
 INSTALL_HINT = (
     "Install PostgreSQL 15 and Redis 7 (Debian/Ubuntu: apt-get install postgresql redis-server; "
     "macOS: brew install postgresql@15 redis), or run `docker compose up -d postgres redis` and set "
@@ -89,14 +93,22 @@ def redis_error(url: str) -> str | None:
     return None
 
 
-def _port_for(url: str, default: int) -> int:
-    """The URL's port when nothing listens on it, else a free one."""
-    port = urlparse(url).port or default
+def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
-            sock.bind(("127.0.0.1", 0))
+            return False
+        return True
+
+
+def _port_for(url: str, default: int) -> int:
+    """The URL's port when nothing listens on it, else a free one."""
+    port = urlparse(url).port or default
+    if _port_free(port):
+        return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
@@ -130,40 +142,63 @@ def _pg_os_user() -> str | None:
     return "postgres"
 
 
-def start_postgres(url: str) -> str:
+def _writable_by(directory: str, user: str | None) -> bool:
+    """Can the server's OS user create its socket in ``directory``? As root, the standard
+    directory is created for the `postgres` user when missing (it normally comes with the
+    server package and a boot-time tmpfiles rule)."""
+    if user is None:
+        return os.access(directory, os.W_OK)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o2775)
+        shutil.chown(directory, user=user)
+    return subprocess.run(["runuser", "-u", user, "--", "test", "-w", directory], check=False).returncode == 0  # noqa: S603,S607
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlparse(url)
+    return f"{parts.scheme}://{parts.netloc}/{name}"
+
+
+def start_postgres(url: str, error: str) -> str:
+    """Serve ``url`` itself when possible: the same unix socket (a URL without host, like
+    the default, names libpq's socket in ``error``) or the same TCP port; else a free port.
+    The role is the URL's user or this OS user, as libpq would connect."""
     bindir = _pg_bindir()
     if bindir is None:
         raise ServiceError("no PostgreSQL server is installed (initdb and pg_ctl not found)")
-    home, user = LOCAL / "pg", _pg_os_user()
-    data, port_file = home / "data", home / "port"
-    name = urlparse(url).path.lstrip("/") or "switchyard"
-    if port_file.exists() and postgres_error(local_url := _pg_url(int(port_file.read_text()), name)) is None:
-        return local_url  # started by an earlier run and still up
+    home, os_user = LOCAL / "pg", _pg_os_user()
+    data, server_file = home / "data", home / "url"
+    parts, name = urlparse(url), urlparse(url).path.lstrip("/") or "switchyard"
+    if server_file.exists() and postgres_error(local := _with_database(server_file.read_text().strip(), name)) is None:
+        return local  # started by an earlier run and still up
     home.mkdir(parents=True, exist_ok=True)
-    if user:
-        shutil.chown(home, user=user)
-        _run(["test", "-w", str(home)], user=user)  # every parent directory must be traversable
+    if os_user:
+        shutil.chown(home, user=os_user)
+        _run(["test", "-w", str(home)], user=os_user)  # every parent directory must be traversable
     if not (data / "PG_VERSION").exists():
-        port = _port_for(url, 5432)
-        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--locale=C"]
-        _run([*initdb, "--no-sync"], user=user)
+        role = parts.username or getpass.getuser()
+        sock = SOCKET_IN_ERROR.search(error) if not parts.hostname else None
+        if sock and _port_free(int(sock["port"])) and _writable_by(sock["dir"], os_user):
+            port, socket_dir, server = int(sock["port"]), sock["dir"], url
+        else:
+            port, socket_dir = _port_for(url, 5432), ""
+            same = parts.hostname and port == (parts.port or 5432)
+            server = url if same else f"postgres://{role}@127.0.0.1:{port}/{name}"
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", role, "--auth=trust", "-E", "UTF8", "--locale=C"]
+        _run([*initdb, "--no-sync"], user=os_user)
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"\n# switchyard throw-away server\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
-                "unix_socket_directories = ''\nmax_connections = 200\n"
+                f"unix_socket_directories = '{socket_dir}'\nmax_connections = 200\n"
             )
-        port_file.write_text(f"{port}\n")
-    _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"), "-w", "start"], user=user)
-    local_url = _pg_url(int(port_file.read_text()), name)
-    problem = postgres_error(local_url)
+        server_file.write_text(f"{server}\n")
+    _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"), "-w", "start"], user=os_user)
+    local = _with_database(server_file.read_text().strip(), name)
+    problem = postgres_error(local)
     if problem:
         raise ServiceError(f"the throw-away PostgreSQL in {home} does not answer: {problem}")
     print(f"started a throw-away PostgreSQL ({bindir.parent.name}) in {home}")
-    return local_url
-
-
-def _pg_url(port: int, name: str) -> str:
-    return f"postgres://{PG_USER}@127.0.0.1:{port}/{name}"
+    return local
 
 
 def stop_postgres() -> None:
@@ -176,7 +211,7 @@ def stop_postgres() -> None:
 # --- throw-away Redis -------------------------------------------------------------------
 
 
-def start_redis(url: str) -> str:
+def start_redis(url: str, _error: str) -> str:
     server = shutil.which("redis-server")
     if server is None:
         raise ServiceError("no Redis server is installed (redis-server not found)")
@@ -217,14 +252,14 @@ def stop_redis() -> None:
 # --- commands ---------------------------------------------------------------------------
 
 
-def _ensure(name: str, url: str, error: str | None, start: Callable[[str], str]) -> str:
+def _ensure(name: str, url: str, error: str | None, start: Callable[[str, str], str]) -> str:
     if error is None:
         return url
     where = f"{name} does not answer at {url} ({error})"
     if (urlparse(url).hostname or "") not in LOCAL_HOSTS:
         raise ServiceError(f"{where}; it is not on this machine, so nothing is started here")
     try:
-        return start(url)
+        return start(url, error)
     except ServiceError as exc:
         raise ServiceError(f"{where}; {exc}") from None
 
@@ -232,6 +267,7 @@ def _ensure(name: str, url: str, error: str | None, start: Callable[[str], str])
 def ensure(env_file: Path | None) -> int:
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    asked = {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
     urls: dict[str, str] = {}
     problems: list[str] = []
     for var, name, url, probe, start in (
@@ -252,9 +288,11 @@ def ensure(env_file: Path | None) -> int:
     if env_file is not None:
         env_file.parent.mkdir(parents=True, exist_ok=True)
         env_file.write_text("".join(f"export {var}={shlex.quote(url)}\n" for var, url in urls.items()))
-    for var, url in urls.items():
-        if url != os.environ.get(var):
-            print(f"using {var}={url}")
+    changed = {var: url for var, url in urls.items() if url != asked.get(var)}
+    for var, url in changed.items():
+        print(f"using {var}={url}")
+    if changed and env_file is not None:
+        print(f"other shells and commands pick these up with: . {env_file}")
     return 0
 
 
