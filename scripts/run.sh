@@ -27,10 +27,8 @@ for port in "$PORT" "$STREAM_PORT"; do
 done
 
 .venv/bin/python scripts/services.py ensure --env-file "$LOCAL_DIR/env"
-set -a
 # shellcheck source=/dev/null
-. "$LOCAL_DIR/env"
-set +a
+. "$LOCAL_DIR/env" # export lines: the URLs services.py made sure answer
 
 bin/switchyard migrate
 key=$(bin/switchyard manage create_api_key demo@switchyard.local --org Demo | tail -n 1)
