@@ -290,6 +290,10 @@ SPECTACULAR_SETTINGS = {
     },
     "SECURITY": [{"ApiKey": []}],
     "ENUM_NAME_OVERRIDES": {},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "llm.api.schema.add_event_stream_path",  # the SSE view is not a DRF view
+    ],
 }
 
 # ---------------------------------------------------------------------------------------

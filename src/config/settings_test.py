@@ -35,7 +35,4 @@ os.environ.setdefault("SWEEPER_PENDING_GRACE_S", "2")
 from config.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-import warnings
-
-warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
