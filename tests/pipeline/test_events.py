@@ -1,0 +1,25 @@
+"""The outbox end to end: a task finishes on a worker, its event is relayed after commit
+and analytics records it, on the queues the routes name."""
+
+from __future__ import annotations
+
+import pytest
+
+from analytics.models import TaskOutcome
+from kernel.models import OutboxEvent
+from tests.pipeline.conftest import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def test_finished_task_reaches_analytics_through_the_outbox(tenant, workers) -> None:
+    response = tenant.client.post(
+        "/api/v1/ai-tasks/", {"prompt": "Count me in analytics #fake:tokens=7,9"}, format="json"
+    )
+    task_id = response.json()["id"]
+    outcome = wait_for(lambda: TaskOutcome.objects.filter(task_id=task_id).first(), timeout=40)
+    assert isinstance(outcome, TaskOutcome)
+    assert (outcome.status, outcome.input_tokens, outcome.output_tokens) == ("done", 7, 9)
+    assert OutboxEvent.objects.get(payload__task_id=task_id).published_at is not None
+    assert "kernel.relay_outbox" in workers["priority"].log_path.read_text()
+    assert "kernel.handle_event" in workers["low"].log_path.read_text()
