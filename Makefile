@@ -4,12 +4,13 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONPATH := src:.
-export DJANGO_SETTINGS_MODULE ?= config.settings
+# Tests always run with the test settings, whatever DJANGO_SETTINGS_MODULE the shell has.
+PYTEST := $(BIN)/pytest --ds=config.settings_test
 
 .PHONY: help venv run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench clean
 
 help:
-	@echo "make run     - run web + three worker pools + beat with the fake provider (prints a demo API key)"
+	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
 	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, the whole pytest suite"
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
 	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks"
@@ -49,11 +50,11 @@ openapi-check: venv
 
 pytest: venv
 	scripts/ensure-services.sh
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 pytest-slow: venv
 	scripts/ensure-services.sh
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+	$(PYTEST) -m slow $(PYTEST_ARGS)
 
 test-fast: lint typecheck imports openapi-check pytest
 
@@ -61,14 +62,15 @@ test-slow: pytest-slow
 
 test: lint typecheck imports openapi-check
 	scripts/ensure-services.sh
-	$(BIN)/pytest --create-db $(PYTEST_ARGS)
+	$(PYTEST) --create-db $(PYTEST_ARGS)
 
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput
 
 bench: venv
 	scripts/ensure-services.sh
-	$(BIN)/python bench/run.py
+	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache staticfiles

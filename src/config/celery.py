@@ -18,9 +18,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 QUEUES = ("priority", "default", "low")
 app.conf.task_queues = [Queue(name, Exchange(name), routing_key=name) for name in QUEUES]
-app.conf.task_default_queue = "default"
-app.conf.task_default_exchange = "default"
-app.conf.task_default_routing_key = "default"
+app.conf.update(task_default_queue="default", task_default_exchange="default", task_default_routing_key="default")
 
 # Routing by task name. AI tasks pick their queue from the task's priority at dispatch
 # time (llm.services), which overrides the route below.

@@ -109,8 +109,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             code=code if isinstance(code, str) else exc.default_code,
             detail=str(detail),
         )
-        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            response.data["retry_after"] = int(-(-exc.wait // 1))
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, exceptions.Throttled) and wait is not None:
+            response.data["retry_after"] = int(-(-wait // 1))
     return response
 
 

@@ -37,7 +37,7 @@ def _cache() -> None:
 
 def _broker() -> None:
     with current_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_S)
+        conn.ensure_connection(max_retries=1, timeout=int(CHECK_TIMEOUT_S))
 
 
 CHECKS: dict[str, Callable[[], None]] = {"database": _database, "cache": _cache, "broker": _broker}
