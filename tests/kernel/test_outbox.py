@@ -65,13 +65,20 @@ def test_relay_publishes_to_the_broker_and_marks_published(subscribed, settings)
     event = make_event()
     services.event_publish(event)
     with Connection(settings.CELERY_BROKER_URL) as conn:
-        conn.SimpleQueue("low").clear()
+        queue = conn.SimpleQueue("low")
+        queue.clear()
         assert services.outbox_relay() == 1
-        message = conn.SimpleQueue("low").get(timeout=5)
-        assert message.headers["task"] == "kernel.handle_event"
-        handler, event_type, payload = message.decode()[0]
-        message.ack()
-    assert (handler, event_type, payload["event_id"]) == (HANDLER, event.event_type, str(event.event_id))
+        messages = []
+        for _ in services.event_subscribers(event.event_type):  # one message per subscriber
+            message = queue.get(timeout=5)
+            assert message.headers["task"] == "kernel.handle_event"
+            messages.append(message.decode()[0])
+            message.ack()
+    handlers = {handler for handler, _, _ in messages}
+    assert HANDLER in handlers
+    assert {(event_type, payload["event_id"]) for _, event_type, payload in messages} == {
+        (event.event_type, str(event.event_id))
+    }
     assert OutboxEvent.objects.get(event_id=event.event_id).published_at is not None
     assert services.outbox_relay() == 0  # nothing left to publish
 
