@@ -49,6 +49,17 @@ class AITask(models.Model):
     output_usd_per_mtok = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
     reservation_id = models.UUIDField(null=True, blank=True)
 
+    class WebhookStatus(models.TextChoices):
+        NONE = "none"
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    webhook_status = models.CharField(max_length=10, choices=WebhookStatus.choices, default=WebhookStatus.NONE)
+    webhook_attempts = models.PositiveIntegerField(default=0)
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_last_error = models.TextField(blank=True, default="")
+
     attempts = models.PositiveIntegerField(default=0)
     lease_token = models.UUIDField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -83,9 +94,15 @@ class AITask(models.Model):
 
 
 class DeadLetter(models.Model):
-    """A task that exhausted its retries. Replaying re-runs it with a fresh budget reservation."""
+    """Work that exhausted its retries: the task itself (replay re-runs it with a fresh
+    budget reservation) or its webhook (replay delivers it again)."""
+
+    class Kind(models.TextChoices):
+        TASK = "task"
+        WEBHOOK = "webhook"
 
     task = models.ForeignKey(AITask, on_delete=models.CASCADE, related_name="dead_letters")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TASK)
     reason = models.TextField()
     attempts = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)

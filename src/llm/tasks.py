@@ -19,6 +19,14 @@ def run_ai_task(self: Task[[str], str], task_id: str) -> str:
     return outcome.kind
 
 
+@shared_task(bind=True, name="llm.deliver_webhook", ignore_result=True)
+def deliver_webhook(self: Task[[str], str], task_id: str) -> str:
+    outcome = services.webhook_deliver(task_id=UUID(task_id))
+    if outcome.kind == "retry":
+        raise self.retry(countdown=outcome.countdown, max_retries=None)
+    return outcome.kind
+
+
 @shared_task(name="llm.sweep_tasks", ignore_result=True)
 def sweep_tasks() -> dict[str, int]:
     return asdict(services.tasks_sweep())

@@ -15,6 +15,7 @@ from llm.services.submit import (
     task_submit,
 )
 from llm.services.sweeper import SweepReport, tasks_sweep
+from llm.services.webhooks import WebhookOutcome, webhook_deliver, webhook_secret, webhook_signature
 
 __all__ = [
     "Outcome",
@@ -22,6 +23,7 @@ __all__ = [
     "TaskNotCancellable",
     "TaskNotFound",
     "TaskNotRerunnable",
+    "WebhookOutcome",
     "backoff_seconds",
     "dead_letter_replay",
     "status_payload",
@@ -32,4 +34,7 @@ __all__ = [
     "task_rerun",
     "task_submit",
     "tasks_sweep",
+    "webhook_deliver",
+    "webhook_secret",
+    "webhook_signature",
 ]

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import structlog
 from celery import current_app
+from django.db import transaction
 from django.utils import timezone
 
 from contracts.events import AITaskFinished
@@ -86,6 +87,28 @@ def dispatch(task_id: UUID, priority: str, *, countdown: float | None = None) ->
         log.warning("dispatch_failed", task_id=str(task_id), error=type(exc).__name__)
         return False
     return True
+
+
+DELIVER_WEBHOOK = "llm.deliver_webhook"
+
+
+def announce_terminal(task: AITask) -> None:
+    """What every path into a terminal state does inside its transaction: the outbox
+    event now; after commit, the SSE status and (with a callback URL) the webhook."""
+    from kernel import services as kernel
+
+    kernel.event_publish(finished_event(task))
+    if task.callback_url:
+        AITask.objects.filter(pk=task.pk).update(webhook_status=AITask.WebhookStatus.PENDING)
+        transaction.on_commit(lambda: enqueue_webhook(task.id))
+    transaction.on_commit(lambda: publish_status(task))
+
+
+def enqueue_webhook(task_id: UUID, *, countdown: float | None = None) -> None:
+    try:
+        current_app.send_task(DELIVER_WEBHOOK, args=[str(task_id)], countdown=countdown)
+    except Exception as exc:  # the sweeper picks up webhooks left pending
+        log.warning("webhook_enqueue_failed", task_id=str(task_id), error=type(exc).__name__)
 
 
 def finished_event(task: AITask) -> AITaskFinished:

@@ -26,11 +26,10 @@ from django.utils import timezone
 
 from billing import services as billing
 from contracts.billing import TokenUsage
-from kernel import services as kernel
 from llm import response_cache, streams
 from llm.models import AITask, DeadLetter
 from llm.providers import Completion, CompletionRequest, ProviderError, TextDelta, get_provider
-from llm.services._common import finished_event, publish_status, queue_for
+from llm.services._common import announce_terminal, publish_status, queue_for
 
 log = structlog.get_logger(__name__)
 CANCEL_CHECK_EVERY = 8  # deltas between checks of the cancel flag
@@ -150,14 +149,13 @@ def _complete(task: AITask, completion: Completion) -> Outcome:
             cost = entry.cost_usd
             AITask.objects.filter(id=task.id).update(cost_usd=cost)
         task.refresh_from_db()
-        kernel.event_publish(finished_event(task))
+        announce_terminal(task)
         if task.use_cache:
             key = response_cache.cache_key(
                 organization_id=task.organization_id, model=task.model, max_tokens=task.max_tokens, prompt=task.prompt
             )
             answer = response_cache.CachedAnswer(completion.text, completion.input_tokens, completion.output_tokens)
             transaction.on_commit(lambda: response_cache.put(key, answer))
-        transaction.on_commit(lambda: publish_status(task))
     return Outcome("done")
 
 
@@ -179,14 +177,13 @@ def _fail(task: AITask, *, code: str, error: str, dead_letter: bool = False) -> 
 
 def fail_bookkeeping(task: AITask, *, error: str, dead_letter: bool) -> None:
     """What every path to ``failed`` does, inside its transaction: release the budget,
-    record the dead letter, write the event, publish the status after commit."""
+    record the dead letter, announce the terminal state."""
     if task.reservation_id:
         billing.reservation_release(reservation_id=task.reservation_id)
     if dead_letter:
         DeadLetter.objects.create(task_id=task.id, reason=error, attempts=task.attempts)
     task.refresh_from_db()
-    kernel.event_publish(finished_event(task))
-    transaction.on_commit(lambda: publish_status(task))
+    announce_terminal(task)
 
 
 def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: float | None) -> Outcome:

@@ -17,12 +17,11 @@ from billing import services as billing
 from contracts.billing import ReservationRequest, TokenUsage
 from contracts.llm import AITask as AITaskContract
 from contracts.llm import AITaskPage, TaskSubmission
-from kernel import services as kernel
 from kernel.errors import ConflictError, NotFoundError
 from llm import response_cache, selectors, streams
 from llm.models import AITask, DeadLetter
 from llm.providers.tokens import estimate_tokens
-from llm.services._common import dispatch, finished_event, publish_status, to_task
+from llm.services._common import announce_terminal, dispatch, enqueue_webhook, to_task
 
 log = structlog.get_logger(__name__)
 
@@ -112,8 +111,7 @@ def _submit_cached(submission: TaskSubmission, hit: response_cache.CachedAnswer)
             model=task.model,
             usage=TokenUsage(input_tokens=hit.input_tokens, output_tokens=hit.output_tokens),
         )
-        kernel.event_publish(finished_event(task))
-        transaction.on_commit(lambda: publish_status(task))
+        announce_terminal(task)
     return to_task(task)
 
 
@@ -148,14 +146,13 @@ def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
         task.save(update_fields=["status", "completed_at", "lease_token", "lease_expires_at", "updated_at"])
         if task.reservation_id:
             billing.reservation_release(reservation_id=task.reservation_id)
-        kernel.event_publish(finished_event(task))
+        announce_terminal(task)
         transaction.on_commit(lambda: _after_cancel(task, was_processing))
     return to_task(task)
 
 
 def _after_cancel(task: AITask, was_processing: bool) -> None:
     streams.mark_cancelled(task.id)
-    publish_status(task)
     try:  # a message still waiting in the broker will not start
         current_app.control.revoke(str(task.id), terminate=False)
     except Exception:
@@ -200,14 +197,25 @@ def task_rerun(*, task_id: UUID) -> AITaskContract:
             input_usd_per_mtok=reservation.input_usd_per_mtok,
             output_usd_per_mtok=reservation.output_usd_per_mtok,
         )
-        DeadLetter.objects.filter(task_id=task.pk, replayed_at__isnull=True).update(replayed_at=timezone.now())
+        DeadLetter.objects.filter(task_id=task.pk, kind=DeadLetter.Kind.TASK, replayed_at__isnull=True).update(
+            replayed_at=timezone.now()
+        )
         task.refresh_from_db()
         transaction.on_commit(lambda: dispatch(task.id, task.priority))
     return to_task(task)
 
 
 def dead_letter_replay(*, dead_letter_id: int) -> AITaskContract:
+    """Replay a dead letter: re-run a task that gave up, or deliver its webhook again."""
     letter = DeadLetter.objects.filter(id=dead_letter_id).first()
     if letter is None:
         raise NotFoundError("Dead letter not found.")
-    return task_rerun(task_id=letter.task_id)
+    if letter.kind == DeadLetter.Kind.TASK:
+        return task_rerun(task_id=letter.task_id)
+    with transaction.atomic():
+        DeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
+        AITask.objects.filter(id=letter.task_id).update(
+            webhook_status=AITask.WebhookStatus.PENDING, webhook_attempts=0, webhook_last_error=""
+        )
+        transaction.on_commit(lambda: enqueue_webhook(letter.task_id))
+    return to_task(AITask.objects.get(id=letter.task_id))

@@ -12,7 +12,7 @@ overlapping sweeps never touch the same row.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from django.conf import settings
@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from billing import services as billing
 from llm.models import AITask
-from llm.services._common import dispatch
+from llm.services._common import dispatch, enqueue_webhook
 from llm.services.execution import fail_bookkeeping
 
 log = structlog.get_logger(__name__)
@@ -35,6 +35,7 @@ class SweepReport:
     lease_expired: int
     failed: int
     reservations_released: int
+    webhooks_requeued: int = 0
 
 
 def tasks_sweep() -> SweepReport:
@@ -91,12 +92,30 @@ def tasks_sweep() -> SweepReport:
         transaction.on_commit(lambda: [dispatch(pk, priority) for pk, priority in to_dispatch])  # type: ignore[arg-type]
 
     released = _release_orphaned_reservations(now)
+    webhooks = _requeue_stranded_webhooks(grace)
     report = SweepReport(
-        redispatched=len(to_dispatch), lease_expired=expired_count, failed=failed, reservations_released=released
+        webhooks_requeued=webhooks,
+        redispatched=len(to_dispatch),
+        lease_expired=expired_count,
+        failed=failed,
+        reservations_released=released,
     )
-    if any((report.redispatched, report.failed, report.reservations_released)):
+    if any((report.redispatched, report.failed, report.reservations_released, report.webhooks_requeued)):
         log.info("sweep", **asdict(report))
     return report
+
+
+def _requeue_stranded_webhooks(grace: datetime) -> int:
+    """Webhooks whose enqueue failed (broker outage at the end of a task) were never
+    tried: send them again. Ones already tried are in their retry back-off."""
+    stranded = list(
+        AITask.objects.filter(
+            webhook_status=AITask.WebhookStatus.PENDING, webhook_attempts=0, completed_at__lte=grace
+        ).values_list("id", flat=True)[: settings.SWEEPER_BATCH_SIZE]
+    )
+    for task_id in stranded:
+        enqueue_webhook(task_id)
+    return len(stranded)
 
 
 def _release_orphaned_reservations(now: object) -> int:
