@@ -64,7 +64,7 @@ def status_payload(task: AITask | AITaskContract) -> dict[str, Any]:
         "cached": task.cached,
         "input_tokens": task.input_tokens,
         "output_tokens": task.output_tokens,
-        "cost_usd": str(task.cost_usd),
+        "cost_usd": format(task.cost_usd, "f"),  # "0.0000000000", never "0E-10"
     }
 
 
