@@ -8,23 +8,18 @@ answer 503 naming the failed check within a few seconds.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.test import Client
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, free_port, server_env
 
 
 def test_healthz_answers_without_touching_dependencies(client: Client) -> None:
@@ -64,12 +59,6 @@ def test_metrics_are_prometheus_text_counting_requests(client: Client) -> None:
 # -- real servers with a dependency down ------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def get(url: str, timeout: float = 10) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -80,16 +69,7 @@ def get(url: str, timeout: float = 10) -> tuple[int, dict[str, Any]]:
 
 def start_server(kind: str, **env_values: str) -> Iterator[str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") or k == "PYTEST_XDIST_WORKER"}
-    env.pop("SWITCHYARD_ASGI", None)
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings_test",
-        PYTHONPATH=f"{ROOT / 'src'}:{ROOT}",
-        DATABASE_URL=f"postgres:///{connection.settings_dict['NAME']}",
-        REDIS_URL=settings.REDIS_URL,
-        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-    )
-    env.update(env_values)
+    env = server_env(**env_values)
     if kind == "wsgi":
         command = ["-m", "gunicorn", "config.wsgi:application", "--workers", "1", "--bind", f"127.0.0.1:{port}"]
     else:

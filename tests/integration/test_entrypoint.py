@@ -29,18 +29,14 @@ import redis
 import yaml
 from django.conf import settings
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "bin" / "switchyard"
 ROLES = ("web", "stream", "worker-priority", "worker-default", "worker-low", "beat", "flower", "migrate")
 
 
 # --- helpers shared with test_make_run ----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def isolated_redis_urls() -> tuple[str, str]:

@@ -33,11 +33,11 @@ from tests.integration.test_entrypoint import (
     database_url,
     drop_database,
     flush_redis,
-    free_port,
     http_status,
     isolated_redis_urls,
     wait_until,
 )
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CURL_ME = re.compile(r'curl -H "Authorization: Bearer (\S+)" (http://127\.0\.0\.1:\d+)/api/v1/me/')

@@ -20,33 +20,14 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, free_port, server_env
+
 HOST = socket.gethostname()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def process_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") or k == "PYTEST_XDIST_WORKER"}
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings_test",
-        PYTHONPATH=f"{ROOT / 'src'}:{ROOT}",
-        DATABASE_URL=f"postgres:///{connection.settings_dict['NAME']}",
-        REDIS_URL=settings.REDIS_URL,
-        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        CACHE_KEY_PREFIX=settings.CACHES["default"]["KEY_PREFIX"],
-        PYTHONUNBUFFERED="1",
-        LOG_LEVEL="INFO",
-    )
-    env.update(extra)
-    return env
+    return server_env(LOG_LEVEL="INFO", **extra)  # workers log "ready." at INFO
 
 
 class Worker:
