@@ -60,6 +60,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "kernel.middleware.RequestIdMiddleware",
+    "kernel.middleware.HealthProbeMiddleware",  # before anything reads the Host header
     "kernel.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

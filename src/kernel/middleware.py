@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from asgiref.sync import iscoroutinefunction
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
@@ -18,13 +18,50 @@ from kernel import context, metrics
 from kernel.errors import error_body
 
 log = structlog.get_logger(__name__)
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 Handler = Callable[[HttpRequest], Any]
 
 
+@sync_and_async_middleware
+def HealthProbeMiddleware(get_response: Handler) -> Handler:  # noqa: N802
+    """Answer liveness and readiness probes before anything reads the Host header:
+    orchestrators probe the pod or container address, which is rarely in ALLOWED_HOSTS."""
+    from kernel import health
+
+    def probe(request: HttpRequest) -> HttpResponseBase:
+        return health.healthz(request) if request.path == "/healthz" else health.readyz(request)
+
+    def probe_in_thread(request: HttpRequest) -> HttpResponseBase:
+        try:
+            return probe(request)
+        finally:
+            connections.close_all()  # a pooled connection goes back; the thread keeps none
+
+    def is_probe(request: HttpRequest) -> bool:
+        return request.path in PROBE_PATHS and request.method in ("GET", "HEAD")
+
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+            if is_probe(request):
+                return await sync_to_async(probe_in_thread, thread_sensitive=False)(request)
+            response: HttpResponseBase = await get_response(request)
+            return response
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        return probe(request) if is_probe(request) else get_response(request)
+
+    return middleware
+
+
 def _route_label(request: HttpRequest) -> str:
     match = getattr(request, "resolver_match", None)
-    return match.route if match is not None and match.route else "unmatched"
+    if match is not None and match.route:
+        return str(match.route)
+    return request.path.lstrip("/") if request.path in PROBE_PATHS else "unmatched"
 
 
 @sync_and_async_middleware

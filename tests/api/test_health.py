@@ -140,3 +140,11 @@ def test_readyz_is_503_when_the_database_is_down(server_without_database: str) -
     assert body["checks"]["cache"]["ok"] is True
     assert body["checks"]["broker"]["ok"] is True
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.django_db
+def test_probes_answer_whatever_the_host_header(client: Client) -> None:
+    """Orchestrators probe the pod address, which is not in ALLOWED_HOSTS."""
+    assert client.get("/healthz", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    assert client.get("/readyz", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    assert client.get("/api/v1/me/", HTTP_HOST="10.1.2.3:8000").status_code == 400  # everything else is checked
