@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from django.conf import settings  # lazy: read at first use, after the line below
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -35,7 +36,7 @@ app.conf.task_routes = {
 
 # The schedule lives in code so it is reviewed like code (SPEC §2, beat).
 app.conf.beat_schedule = {
-    "sweep-ai-tasks": {"task": "llm.sweep_tasks", "schedule": 30.0},
+    "sweep-ai-tasks": {"task": "llm.sweep_tasks", "schedule": settings.SWEEPER_INTERVAL_S},
     "relay-outbox": {"task": "kernel.relay_outbox", "schedule": 5.0},
     "cleanup-idempotency-keys": {"task": "kernel.cleanup_idempotency_keys", "schedule": 3600.0},
     "cleanup-outbox": {"task": "kernel.cleanup_outbox", "schedule": 3600.0},

@@ -255,6 +255,7 @@ WEBHOOK_SIGNING_SECRET = env.str("WEBHOOK_SIGNING_SECRET", default="") or f"webh
 WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
 WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
 SWEEPER_BATCH_SIZE = env.int("SWEEPER_BATCH_SIZE", default=500)
+SWEEPER_INTERVAL_S = env.float("SWEEPER_INTERVAL_S", default=30.0)
 SWEEPER_PENDING_GRACE_S = env.int("SWEEPER_PENDING_GRACE_S", default=60)
 
 # ---------------------------------------------------------------------------------------

@@ -127,19 +127,16 @@ def test_error_classes_end_as_the_spec_says(tenant, workers) -> None:
     assert status.spent_usd == charged and status.reserved_usd == 0  # failures charged nothing, released all
 
 
-def test_worker_killed_mid_task_finishes_exactly_once(tenant, start_worker) -> None:
+def test_worker_killed_mid_task_finishes_exactly_once(tenant, start_worker, start_beat) -> None:
     doomed = start_worker("default")
+    start_worker("priority")  # runs the sweeper that beat schedules
     task_id = submit(tenant, "A long job #fake:sleep=3000")
     wait_for(lambda: AITask.objects.get(id=task_id).status == "processing", timeout=20)
     doomed.kill()  # SIGKILL to the whole worker: no chance to ack, reject or clean up
     doomed.process.wait(timeout=10)
     start_worker("default")
-
-    def finished() -> bool:
-        services.tasks_sweep()  # what beat runs every 30 s
-        return AITask.objects.get(id=task_id).status in ("done", "failed")
-
-    wait_for(finished, timeout=60, interval=0.5)
+    start_beat()  # the lease expires, the sweeper puts the task back, a live worker runs it
+    wait_for(lambda: AITask.objects.get(id=task_id).status in ("done", "failed"), timeout=60, interval=0.5)
     task = AITask.objects.get(id=task_id)
     assert task.status == "done" and task.attempts == 2
     report = billing.usage_report(
