@@ -164,17 +164,16 @@ def test_idempotency_key_replays_conflicts_and_mismatches(tenant, make_tenant) -
 
 def test_idempotency_key_in_flight_is_409(tenant) -> None:
     from kernel.models import IdempotencyRecord
-
-    IdempotencyRecord.objects.create(scope=tenant.organization_id, key="busy", fingerprint="f")
-    response = tenant.client.post("/api/v1/ai-tasks/", {"prompt": PROMPT}, format="json", HTTP_IDEMPOTENCY_KEY="busy")
-    assert response.status_code in (409, 422)
-    # Same fingerprint as a real request would compute → 409 in flight.
     from kernel.services import request_fingerprint
 
-    IdempotencyRecord.objects.filter(key="busy").update(fingerprint=request_fingerprint({"prompt": PROMPT}))
+    # The first request with this key and this body is still being processed.
+    IdempotencyRecord.objects.create(
+        scope=tenant.organization_id, key="busy", fingerprint=request_fingerprint({"prompt": PROMPT})
+    )
     response = tenant.client.post("/api/v1/ai-tasks/", {"prompt": PROMPT}, format="json", HTTP_IDEMPOTENCY_KEY="busy")
     assert response.status_code == 409
     assert response.json()["code"] == "idempotency_in_flight"
+    assert AITask.objects.count() == 0
 
 
 def test_failed_submission_frees_the_idempotency_key(tenant) -> None:

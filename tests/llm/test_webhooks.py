@@ -29,7 +29,10 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append((dict(self.headers), body))
-                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 204)
+                status = receiver.statuses.pop(0) if receiver.statuses else 204
+                self.send_response(status)
+                if 300 <= status < 400:  # a redirect to a second, equally valid address
+                    self.send_header("Location", receiver.url + "?redirected=1")
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -134,3 +137,23 @@ def test_webhook_secret_command(tenant, capsys) -> None:
 
     call_command("webhook_secret", tenant.issued.organization_name)
     assert capsys.readouterr().out.strip() == services.webhook_secret(organization_id=uuid.UUID(tenant.organization_id))
+
+
+def test_redirects_are_not_followed(receiver, finished) -> None:
+    receiver.statuses = [302]
+    task_id = uuid.UUID(finished())
+    assert services.webhook_deliver(task_id=task_id).kind == "retry"
+    assert AITask.objects.get(id=task_id).webhook_last_error == "HTTP 302"
+    assert len(receiver.requests) == 1
+
+
+def test_sweeper_resends_a_webhook_that_was_never_enqueued(receiver, finished, settings) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    task_id = finished()  # enqueued on commit; pretend the broker was down at that moment
+    AITask.objects.filter(id=task_id).update(completed_at=timezone.now() - timedelta(minutes=5))
+    assert services.tasks_sweep().webhooks_requeued == 1
+    AITask.objects.filter(id=task_id).update(webhook_attempts=1)  # tried once: in its retry back-off
+    assert services.tasks_sweep().webhooks_requeued == 0

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import ROOT, free_port, server_env
@@ -131,36 +132,54 @@ def workers(transactional_db: None, start_worker: Callable[..., Worker]) -> dict
 
 
 @pytest.fixture
-def stream_server(transactional_db: None, tmp_path: Path) -> Iterator[str]:
-    """The `stream` role: uvicorn serving the ASGI app (SSE)."""
-    port = free_port()
-    log = (tmp_path / "uvicorn.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=process_env(SSE_HEARTBEAT_S="0.5"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    import httpx
+def start_stream_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """The `stream` role: uvicorn serving the ASGI app (SSE); returns its base URL."""
+    started: list[subprocess.Popen[bytes]] = []
 
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError((tmp_path / "uvicorn.log").read_text()[-3000:])
-        time.sleep(0.1)
-    yield base
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=10)
-    log.close()
+    def start(**env: str) -> str:
+        port = free_port()
+        log_path = tmp_path / f"uvicorn-{port}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "config.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                cwd=ROOT,
+                env=process_env(**{"SSE_HEARTBEAT_S": "0.5", **env}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return base
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(log_path.read_text()[-3000:])
+            time.sleep(0.1)
+
+    yield start
+    for process in started:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def stream_server(start_stream_server: Callable[..., str]) -> str:
+    return start_stream_server()
 
 
 class TcpProxy:

@@ -4,16 +4,24 @@ PostgreSQL and Redis, and the fake provider's directives (SPEC §6)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import uuid
 from decimal import Decimal
+from urllib.parse import urlparse
 
 import httpx
 import pytest
+from django.conf import settings
 
 from billing import services as billing
 from llm import services
 from llm.models import AITask
-from tests.pipeline.conftest import wait_for
+from tests.pipeline.conftest import ROOT, TcpProxy, process_env, wait_for
+from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -37,7 +45,12 @@ def budget(tenant):
 
 
 def read_sse(
-    base: str, tenant, task_id: str, last_event_id: str | None = None, sink: list[dict] | None = None
+    base: str,
+    tenant,
+    task_id: str,
+    last_event_id: str | None = None,
+    sink: list[dict] | None = None,
+    comments: list[str] | None = None,
 ) -> list[dict]:
     """Read one SSE response to its end; events are appended to ``sink`` as they arrive."""
     headers = {"Authorization": f"Bearer {tenant.issued.key}"}
@@ -55,6 +68,8 @@ def read_sse(
                     events.append(current)
                 current = {}
             elif line.startswith(":"):
+                if comments is not None:
+                    comments.append(line)
                 current = {}
             elif ":" in line:
                 field, _, value = line.partition(":")
@@ -66,11 +81,14 @@ def test_submit_runs_to_done_and_sse_sees_every_transition(tenant, start_worker,
     task_id = submit(tenant, "Describe a marshalling yard in detail. #fake:tokens=120,300")
     # No worker yet: the stream starts with the current state, pending.
     collected: list[dict] = []
-    import threading
-
-    reader = threading.Thread(target=read_sse, args=(stream_server, tenant, task_id), kwargs={"sink": collected})
+    heartbeats: list[str] = []
+    reader = threading.Thread(
+        target=read_sse, args=(stream_server, tenant, task_id), kwargs={"sink": collected, "comments": heartbeats}
+    )
     reader.start()
     wait_for(lambda: collected, timeout=20)  # the snapshot arrived while the task is still pending
+    wait_for(lambda: heartbeats, timeout=5)  # an idle stream keeps the connection alive (0.5 s here)
+    assert heartbeats[0] == ": heartbeat"
     start_worker("default")
     reader.join(timeout=40)
     assert not reader.is_alive()
@@ -91,6 +109,30 @@ def test_submit_runs_to_done_and_sse_sees_every_transition(tenant, start_worker,
     resumed = read_sse(stream_server, tenant, task_id, last_event_id=processing["id"])
     after = collected[collected.index(processing) + 1 :]
     assert [e["id"] for e in resumed] == [e["id"] for e in after]
+
+
+def test_many_waiting_streams_are_served_by_a_small_connection_pool(tenant, start_stream_server) -> None:
+    """Six streams wait on pending tasks while the stream role's pool holds at most two
+    connections (and gives up after one second); the database stays usable meanwhile.
+    That a stream's own thread keeps no connection is tested in tests/llm/test_sse.py."""
+    base = start_stream_server(DATABASE_POOL_MIN="1", DATABASE_POOL_MAX="2", DATABASE_POOL_TIMEOUT="1")
+    task_ids = [submit(tenant, f"Nobody runs this one {i}") for i in range(6)]
+    sinks: list[list[dict]] = [[] for _ in task_ids]
+    readers = [
+        threading.Thread(target=read_sse, args=(base, tenant, task_id), kwargs={"sink": sink}, daemon=True)
+        for task_id, sink in zip(task_ids, sinks, strict=True)
+    ]
+    for reader in readers:
+        reader.start()
+    wait_for(lambda: all(sinks), timeout=20)
+    assert [sink[0]["data"]["status"] for sink in sinks] == ["pending"] * 6
+    # and the server still answers a database-backed request while all six wait
+    assert httpx.get(f"{base}/readyz", timeout=5).json()["checks"]["database"]["ok"] is True
+    for task_id in task_ids:  # end the streams
+        tenant.client.post(f"/api/v1/ai-tasks/{task_id}/cancel/")
+    for reader in readers:
+        reader.join(timeout=10)
+    assert all(sink[-1]["data"]["status"] == "cancelled" for sink in sinks)
 
 
 def test_events_of_another_organization_are_404(make_tenant, stream_server) -> None:
@@ -175,20 +217,10 @@ def test_cancel_pending_processing_and_terminal(tenant, start_worker) -> None:
 
 
 def test_broker_outage_at_submit_still_accepts_and_completes_later(tenant, start_worker) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    from urllib.parse import urlparse
-
-    from tests.pipeline.conftest import TcpProxy, free_port, process_env
-
-    broker = urlparse(__import__("django.conf").conf.settings.CELERY_BROKER_URL)
+    broker = urlparse(settings.CELERY_BROKER_URL)
     proxy = TcpProxy(broker.port or 6379)
     proxy.start()
     port = free_port()
-    from tests.pipeline.conftest import ROOT
-
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "1"],
         cwd=ROOT,

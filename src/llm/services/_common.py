@@ -14,6 +14,7 @@ from django.utils import timezone
 from contracts.events import AITaskFinished
 from contracts.llm import QUEUE_FOR_PRIORITY
 from contracts.llm import AITask as AITaskContract
+from kernel import services as kernel
 from llm import streams
 from llm.models import AITask
 
@@ -95,8 +96,6 @@ DELIVER_WEBHOOK = "llm.deliver_webhook"
 def announce_terminal(task: AITask) -> None:
     """What every path into a terminal state does inside its transaction: the outbox
     event now; after commit, the SSE status and (with a callback URL) the webhook."""
-    from kernel import services as kernel
-
     kernel.event_publish(finished_event(task))
     if task.callback_url:
         AITask.objects.filter(pk=task.pk).update(webhook_status=AITask.WebhookStatus.PENDING)

@@ -138,7 +138,6 @@ def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
             raise TaskNotFound()
         if task.status not in AITask.OPEN:
             raise TaskNotCancellable(status=task.status)
-        was_processing = task.status == AITask.Status.PROCESSING
         task.status = AITask.Status.CANCELLED
         task.completed_at = timezone.now()
         task.lease_token = None
@@ -147,16 +146,16 @@ def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
         if task.reservation_id:
             billing.reservation_release(reservation_id=task.reservation_id)
         announce_terminal(task)
-        transaction.on_commit(lambda: _after_cancel(task, was_processing))
+        transaction.on_commit(lambda: _after_cancel(task))
     return to_task(task)
 
 
-def _after_cancel(task: AITask, was_processing: bool) -> None:
+def _after_cancel(task: AITask) -> None:
     streams.mark_cancelled(task.id)
     try:  # a message still waiting in the broker will not start
         current_app.control.revoke(str(task.id), terminate=False)
     except Exception:
-        log.warning("revoke_failed", task_id=str(task.id), was_processing=was_processing, exc_info=True)
+        log.warning("revoke_failed", task_id=str(task.id), exc_info=True)
 
 
 def task_rerun(*, task_id: UUID) -> AITaskContract:

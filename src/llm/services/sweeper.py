@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import structlog
 from django.conf import settings
@@ -89,9 +90,9 @@ def tasks_sweep() -> SweepReport:
             AITask.objects.filter(pk__in=[pk for pk, _ in stale]).update(dispatched_at=now)
             to_dispatch.extend((str(pk), priority) for pk, priority in stale)
 
-        transaction.on_commit(lambda: [dispatch(pk, priority) for pk, priority in to_dispatch])  # type: ignore[arg-type]
+        transaction.on_commit(lambda: _dispatch_all(to_dispatch))
 
-    released = _release_orphaned_reservations(now)
+    released = _release_orphaned_reservations()
     webhooks = _requeue_stranded_webhooks(grace)
     report = SweepReport(
         webhooks_requeued=webhooks,
@@ -118,7 +119,12 @@ def _requeue_stranded_webhooks(grace: datetime) -> int:
     return len(stranded)
 
 
-def _release_orphaned_reservations(now: object) -> int:
+def _dispatch_all(tasks: list[tuple[str, str]]) -> None:
+    for task_id, priority in tasks:
+        dispatch(UUID(task_id), priority)
+
+
+def _release_orphaned_reservations() -> int:
     """Held reservations whose task has ended (or never got inserted) are released."""
     cutoff = timezone.now() - timedelta(seconds=settings.TASK_LEASE_SECONDS)
     held = billing.reservations_held(created_before=cutoff, limit=settings.SWEEPER_BATCH_SIZE)
