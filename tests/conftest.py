@@ -72,9 +72,35 @@ def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
     return make_tenant()
 
 
+class Broker:
+    """The messages waiting in this session's broker (Redis lists named after queues).
+    Only for tests without running workers: it empties the queues it is asked about."""
+
+    def __init__(self) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+    def clear(self, *queues: str) -> None:
+        self.client.delete(*queues)
+
+    def task_ids(self, queue: str) -> list[str]:
+        import json
+
+        messages = [json.loads(raw) for raw in self.client.lrange(queue, 0, -1)]
+        return [message["headers"]["id"] for message in reversed(messages)]  # LPUSH: oldest last
+
+
+@pytest.fixture
+def broker() -> Broker:
+    broker = Broker()
+    broker.clear("priority", "default", "low")
+    return broker
+
+
 @pytest.fixture
 def anon_client() -> APIClient:
     return APIClient()
 
 
-__all__ = ["Tenant", "settings"]
+__all__ = ["Broker", "Tenant", "settings"]

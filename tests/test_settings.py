@@ -58,7 +58,8 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 # -- validation functions ---------------------------------------------------------------
 
-GOOD_TIMEOUTS = Timeouts(provider_http=60, soft_limit=90, hard_limit=120, visibility=300, lease=330)
+# The production defaults (config.settings): a 30 s lease renewed every 10 s.
+GOOD_TIMEOUTS = Timeouts(provider_http=60, soft_limit=90, hard_limit=120, visibility=300, lease=30, heartbeat=10)
 
 
 def test_nested_timeouts_are_valid() -> None:
@@ -71,7 +72,8 @@ def test_nested_timeouts_are_valid() -> None:
         ({"soft_limit": 200, "hard_limit": 100}, "TASK_SOFT_TIME_LIMIT (200) must be less than TASK_TIME_LIMIT (100)"),
         ({"provider_http": 90.0}, "LLM_HTTP_TIMEOUT (90.0) must be less than TASK_SOFT_TIME_LIMIT (90)"),
         ({"visibility": 120}, "TASK_TIME_LIMIT (120) must be less than CELERY_VISIBILITY_TIMEOUT (120)"),
-        ({"lease": 100}, "CELERY_VISIBILITY_TIMEOUT (300) must be less than TASK_LEASE_SECONDS (100)"),
+        ({"lease": 20}, "TASK_LEASE_SECONDS (20) must be more than twice TASK_HEARTBEAT_S (10)"),
+        ({"heartbeat": 0}, "TASK_HEARTBEAT_S must be positive (got 0)"),
         ({"provider_http": 0}, "LLM_HTTP_TIMEOUT must be positive (got 0)"),
     ],
 )
@@ -203,7 +205,40 @@ def test_every_connection_carries_a_statement_timeout() -> None:
     assert settings.STATEMENT_TIMEOUT_MS > 0
 
 
-def test_wsgi_and_workers_keep_persistent_connections() -> None:
+def test_worker_pools_share_a_small_pool_of_connections() -> None:
+    """bin/switchyard starts every worker with SWITCHYARD_DB_POOL=1: hundreds of threads
+    share a few connections (the default pool holds at most 8)."""
+    default = database_settings(SWITCHYARD_DB_POOL="1")["DATABASES"]["default"]
+    assert default["CONN_MAX_AGE"] == 0
+    assert default["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 8, "timeout": 10}
+    assert "statement_timeout=" in default["OPTIONS"]["options"]
+
+
+def test_production_defaults_give_a_short_renewed_lease_inside_the_timeout_chain() -> None:
+    """The defaults a user gets start (the chain is checked at start-up) and make a dead
+    worker's task free again within 30 s: the SIGKILL scenario relies on it."""
+    code = (
+        "import json\nfrom django.conf import settings as s\n"
+        "print(json.dumps([s.LLM_HTTP_TIMEOUT, s.TASK_SOFT_TIME_LIMIT, s.TASK_TIME_LIMIT,"
+        " s.CELERY_VISIBILITY_TIMEOUT, s.TASK_LEASE_SECONDS, s.TASK_HEARTBEAT_S, s.SWEEPER_INTERVAL_S]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_env(**PRODUCTION),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    http, soft, hard, visibility, lease, heartbeat, sweep = json.loads(result.stdout.strip().splitlines()[-1])
+    assert http < soft < hard < visibility
+    assert (lease, heartbeat) == (30, 10.0) and lease > 2 * heartbeat
+    assert lease + sweep <= 60  # lease expiry plus one sweep: well inside SPEC's 90 s
+
+
+def test_wsgi_and_prefork_processes_keep_persistent_connections() -> None:
     default = database_settings()["DATABASES"]["default"]
     assert default["CONN_MAX_AGE"] == 600
     assert default["CONN_HEALTH_CHECKS"] is True

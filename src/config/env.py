@@ -24,21 +24,29 @@ class Timeouts:
     hard_limit: int
     visibility: int
     lease: int
+    heartbeat: float = 10.0
 
 
 def validate_timeouts(t: Timeouts) -> list[str]:
-    """Return one message per broken link of the chain http < soft < hard < visibility < lease."""
+    """One message per broken rule: the chain http < soft < hard < visibility (a message
+    is redelivered only after a call could have ended), and a lease that outlasts two
+    missed heartbeats (renewals), so a busy worker never loses a live call's lease."""
     chain = [
         ("LLM_HTTP_TIMEOUT", t.provider_http),
         ("TASK_SOFT_TIME_LIMIT", t.soft_limit),
         ("TASK_TIME_LIMIT", t.hard_limit),
         ("CELERY_VISIBILITY_TIMEOUT", t.visibility),
-        ("TASK_LEASE_SECONDS", t.lease),
     ]
-    errors = [f"{name} must be positive (got {value})" for name, value in chain if value <= 0]
+    errors = [
+        f"{name} must be positive (got {value})"
+        for name, value in [*chain, ("TASK_LEASE_SECONDS", t.lease), ("TASK_HEARTBEAT_S", t.heartbeat)]
+        if value <= 0
+    ]
     for (low_name, low), (high_name, high) in pairwise(chain):
         if not low < high:
             errors.append(f"{low_name} ({low}) must be less than {high_name} ({high})")
+    if t.heartbeat > 0 and not t.lease > 2 * t.heartbeat:
+        errors.append(f"TASK_LEASE_SECONDS ({t.lease}) must be more than twice TASK_HEARTBEAT_S ({t.heartbeat})")
     return errors
 
 

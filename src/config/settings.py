@@ -117,7 +117,7 @@ CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # Database
 # Under ASGI every request may run on a new thread, so persistent per-thread
 # connections leak: the ASGI entry point sets SWITCHYARD_ASGI=1 and we take
-# connections from psycopg's pool instead (CONN_MAX_AGE=0).
+# connections from psycopg's pool instead (CONN_MAX_AGE=0). Worker pools do the same.
 # https://docs.djangoproject.com/en/6.1/ref/databases/#connection-pool
 # Behind PgBouncer in transaction mode (DATABASE_POOLED=true) server-side cursors and
 # connection-level options do not survive, so both are switched off; set
@@ -126,6 +126,10 @@ CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 DATABASE_POOLED = env.bool("DATABASE_POOLED", default=False)
 STATEMENT_TIMEOUT_MS = env.int("DATABASE_STATEMENT_TIMEOUT_MS", default=30_000)
 _ASGI = os.environ.get("SWITCHYARD_ASGI") == "1"
+# Worker pools run hundreds of calls on threads of one process (bin/switchyard sets
+# SWITCHYARD_DB_POOL=1): a persistent connection per thread would be hundreds of
+# connections, so they share a small pool too and hand it back while a provider answers.
+_POOLED_PROCESS = _ASGI or os.environ.get("SWITCHYARD_DB_POOL") == "1"
 
 
 def _database(url: str) -> dict[str, object]:
@@ -136,7 +140,7 @@ def _database(url: str) -> dict[str, object]:
         db["DISABLE_SERVER_SIDE_CURSORS"] = True
     else:
         options["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-        if _ASGI:
+        if _POOLED_PROCESS:
             db["CONN_MAX_AGE"] = 0
             options["pool"] = {
                 "min_size": env.int("DATABASE_POOL_MIN", default=1),
@@ -183,10 +187,16 @@ LLM_HTTP_TIMEOUT = env.float("LLM_HTTP_TIMEOUT", default=60.0)
 TASK_SOFT_TIME_LIMIT = env.int("TASK_SOFT_TIME_LIMIT", default=90)
 TASK_TIME_LIMIT = env.int("TASK_TIME_LIMIT", default=120)
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=300)
-TASK_LEASE_SECONDS = env.int("TASK_LEASE_SECONDS", default=330)
+# A short lease renewed by the worker's keeper thread while the call runs: a dead
+# worker's task is free again within a lease, and the sweeper requeues it (SPEC §5).
+TASK_LEASE_SECONDS = env.int("TASK_LEASE_SECONDS", default=30)
+TASK_HEARTBEAT_S = env.float("TASK_HEARTBEAT_S", default=10.0)
 TASK_MAX_ATTEMPTS = env.int("TASK_MAX_ATTEMPTS", default=5)
 TASK_RETRY_BACKOFF_S = env.float("TASK_RETRY_BACKOFF_S", default=2.0)
 TASK_RETRY_BACKOFF_MAX_S = env.float("TASK_RETRY_BACKOFF_MAX_S", default=300.0)
+# A pending task older than this fails as expired (no consumer, or a backlog that never
+# drains): no task, and no budget reservation, stays open forever.
+TASK_PENDING_EXPIRY_S = env.int("TASK_PENDING_EXPIRY_S", default=6 * 3600)
 _config_errors += validate_timeouts(
     Timeouts(
         provider_http=LLM_HTTP_TIMEOUT,
@@ -194,8 +204,22 @@ _config_errors += validate_timeouts(
         hard_limit=TASK_TIME_LIMIT,
         visibility=CELERY_VISIBILITY_TIMEOUT,
         lease=TASK_LEASE_SECONDS,
+        heartbeat=TASK_HEARTBEAT_S,
     )
 )
+# A call that outlives the hard limit is failed and its thread abandoned; this many
+# abandoned threads and the worker exits for its supervisor to restart it.
+WORKER_MAX_ABANDONED_CALLS = env.int("WORKER_MAX_ABANDONED_CALLS", default=8)
+
+# The dispatch gate (llm.services.dispatch, docs/decisions/llm-scale.md): the broker
+# holds at most the live workers' slots (+ headroom) per queue; the rest wait in
+# PostgreSQL and are handed out by fair share across organizations.
+DISPATCH_HEADROOM = env.int("DISPATCH_HEADROOM", default=2)
+DISPATCH_FALLBACK_WINDOW = env.int("DISPATCH_FALLBACK_WINDOW", default=64)  # Redis unreachable
+DISPATCH_TICK_S = env.float("DISPATCH_TICK_S", default=1.0)
+# Calls in flight per organization and queue while other organizations wait (0: none,
+# fair share only). Per-organization overrides: DispatchPolicy in the admin.
+DISPATCH_ORG_MAX_IN_FLIGHT = env.int("DISPATCH_ORG_MAX_IN_FLIGHT", default=0)
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = None

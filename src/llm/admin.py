@@ -1,4 +1,4 @@
-"""Admin: AI tasks (filters, re-run failed) and dead letters (replay)."""
+"""Admin: AI tasks (filters, re-run failed), dead letters (replay), dispatch policies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.http import HttpRequest
 
 from kernel.errors import DomainError
 from llm import services
-from llm.models import AITask, DeadLetter
+from llm.models import AITask, DeadLetter, DispatchPolicy
 
 
 @admin.register(AITask)
@@ -71,3 +71,13 @@ class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
             except DomainError as exc:
                 self.message_user(request, f"dead letter {letter_id}: {exc.detail}", messages.WARNING)
         self.message_user(request, f"Replayed {done} dead letter(s).", messages.SUCCESS)
+
+
+@admin.register(DispatchPolicy)
+class DispatchPolicyAdmin(admin.ModelAdmin[DispatchPolicy]):
+    """Per-organization cap on calls in flight while other organizations wait."""
+
+    list_display = ["organization", "max_in_flight", "updated_at"]
+    search_fields = ["organization__name"]
+    autocomplete_fields = ["organization"]
+    list_select_related = ["organization"]

@@ -64,7 +64,10 @@ class AITask(models.Model):
     lease_token = models.UUIDField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     available_at = models.DateTimeField(null=True, blank=True)
+    # NULL while the task waits at the dispatch gate (llm.services.dispatch); set when a
+    # message is sent to the broker. ``dispatch_count`` spaces out the sweeper's re-sends.
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    dispatch_count = models.PositiveIntegerField(default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -78,6 +81,18 @@ class AITask(models.Model):
             models.Index(fields=["organization", "status", "-created_at", "-id"], name="aitask_org_status_created"),
             models.Index(
                 fields=["status", "created_at"], name="aitask_open", condition=Q(status__in=["pending", "processing"])
+            ),
+            # The dispatch gate's two hot queries: tasks waiting at the gate, per queue and
+            # organization in arrival order; and tasks sent or running, per queue.
+            models.Index(
+                fields=["priority", "organization", "created_at"],
+                name="aitask_held",
+                condition=Q(status="pending", dispatched_at__isnull=True),
+            ),
+            models.Index(
+                fields=["priority", "organization"],
+                name="aitask_outstanding",
+                condition=Q(status="processing") | Q(status="pending", dispatched_at__isnull=False),
             ),
         ]
         constraints = [
@@ -113,3 +128,20 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter for {self.task_id}"
+
+
+class DispatchPolicy(models.Model):
+    """Per-organization override of the dispatch gate (set in the admin)."""
+
+    organization = models.OneToOneField("users.Organization", on_delete=models.CASCADE, related_name="+")
+    max_in_flight = models.PositiveIntegerField(
+        help_text="Calls in flight per queue while other organizations wait (0: no cap, fair share only)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "dispatch policy"
+        verbose_name_plural = "dispatch policies"
+
+    def __str__(self) -> str:
+        return f"dispatch policy of {self.organization_id}"

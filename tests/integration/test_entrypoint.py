@@ -161,13 +161,23 @@ def test_stream_runs_uvicorn_asgi_with_proxy_headers_and_graceful_shutdown() -> 
     )
 
 
-@pytest.mark.parametrize(("queue", "concurrency"), [("priority", 4), ("default", 4), ("low", 2)])
-def test_each_worker_consumes_only_its_own_queue(queue: str, concurrency: int) -> None:
+@pytest.mark.parametrize(
+    ("queue", "variable", "concurrency"),
+    [
+        ("priority", "WORKER_PRIORITY_CONCURRENCY", 100),
+        ("default", "WORKER_DEFAULT_CONCURRENCY", 300),
+        ("low", "WORKER_LOW_CONCURRENCY", 50),
+    ],
+)
+def test_each_worker_consumes_only_its_own_queue_on_a_threads_pool(queue: str, variable: str, concurrency: int) -> None:
     assert printed(f"worker-{queue}") == (
-        f"celery -A config worker -Q {queue} -n {queue}@%h --concurrency {concurrency} "
+        f"celery -A config worker -Q {queue} -n {queue}@%h -P threads --concurrency {concurrency} "
         "-E --without-gossip --without-mingle --loglevel INFO"
     )
     assert "--concurrency 7 " in printed(f"worker-{queue}", WORKER_CONCURRENCY="7")
+    assert "--concurrency 9 " in printed(f"worker-{queue}", **{variable: "9", "WORKER_CONCURRENCY": "7"})
+    assert " -P prefork " in printed(f"worker-{queue}", WORKER_POOL="prefork")
+    assert entrypoint(f"worker-{queue}", WORKER_POOL="gevent").returncode == 2
 
 
 def test_beat_keeps_its_schedule_at_a_writable_path() -> None:

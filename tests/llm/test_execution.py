@@ -57,7 +57,8 @@ def test_done_with_tokens_cost_ledger_event_and_stream(tenant, run) -> None:
     assert status.spent_usd == task.cost_usd and status.reserved_usd == 0
     assert OutboxEvent.objects.filter(event_type="llm.ai_task.finished").count() == 1
     events = stream_events(task_id)
-    assert events[0] == ("status", {**events[0][1], "status": "processing"})
+    assert events[0] == ("attempt", {"attempt": 1})  # a client drops deltas of earlier attempts here
+    assert events[1] == ("status", {**events[1][1], "status": "processing"})
     assert [kind for kind, _ in events].count("delta") >= 2
     assert events[-1][0] == "status" and events[-1][1]["status"] == "done"
     assert "".join(d["text"] for kind, d in events if kind == "delta") == task.result
@@ -124,25 +125,75 @@ def test_dead_letter_replay_runs_the_task_again(tenant, run, settings) -> None:
     assert budget(tenant).spent_usd == AITask.objects.get(id=task_id).cost_usd > 0
 
 
-def test_cancel_while_processing_discards_result_and_charges_nothing(tenant, run) -> None:
-    task_id = submit(tenant)
-    claimed = AITask.objects.filter(id=task_id).update(
-        status="processing", lease_token=uuid.uuid4(), lease_expires_at=timezone.now() + timedelta(minutes=1)
-    )
-    assert claimed
-    services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
-    # The worker that held the lease finishes: nothing to update, nothing charged.
+def _claim_for_test(task_id: str) -> AITask:
+    from llm.services.execution import _claim
+
+    task = _claim(uuid.UUID(task_id))
+    assert task is not None
+    return task
+
+
+def _completion(input_tokens: int = 1000, output_tokens: int = 2000):
     from llm.providers import Completion
+
+    return Completion(
+        text="the whole answer",
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        model="fake-small",
+        finish_reason="stop",
+    )
+
+
+def test_cancel_before_the_lease_holder_completes_charges_what_was_produced(tenant) -> None:
+    """Cancel wins the race: the holder's completion finds the row cancelled, with its own
+    lease token, and charges the answer the provider produced (once); the task stays
+    cancelled and the reservation is closed."""
     from llm.services.execution import _complete
 
-    task = AITask.objects.get(id=task_id)
-    task.lease_token = uuid.uuid4()
-    outcome = _complete(
-        task, Completion(text="late", input_tokens=5, output_tokens=5, model="fake-small", finish_reason="stop")
-    )
-    assert outcome.kind == "discarded"
-    assert AITask.objects.get(id=task_id).status == "cancelled"
-    assert budget(tenant).spent_usd == 0 and budget(tenant).reserved_usd == 0
+    task_id = submit(tenant)
+    task = _claim_for_test(task_id)
+    services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
+    assert budget(tenant).reserved_usd > 0  # held for the running attempt to settle
+    assert _complete(task, _completion()).kind == "cancelled"
+    row = AITask.objects.get(id=task_id)
+    expected = Decimal("0.0005") + Decimal("0.003")  # 1000 in, 2000 out at fake-small prices
+    assert row.status == "cancelled" and row.cost_usd == expected and row.lease_token is None
+    assert budget(tenant).spent_usd == expected and budget(tenant).reserved_usd == 0
+    # A second settlement (a duplicate) charges nothing more.
+    assert _complete(task, _completion()).kind == "discarded"
+    assert budget(tenant).spent_usd == expected
+
+
+def test_completion_before_the_cancel_wins_and_the_cancel_is_refused(tenant) -> None:
+    from llm.services.execution import _complete
+
+    task_id = submit(tenant)
+    task = _claim_for_test(task_id)
+    assert _complete(task, _completion()).kind == "done"
+    with pytest.raises(services.TaskNotCancellable):
+        services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
+    row = AITask.objects.get(id=task_id)
+    assert row.status == "done" and budget(tenant).spent_usd == row.cost_usd > 0
+
+
+def test_a_reclaimed_lease_holder_charges_nothing(tenant) -> None:
+    """A worker that lost its lease (another took the task over) neither completes nor
+    charges, even if the task was cancelled meanwhile."""
+    from llm.services.execution import _complete
+
+    task_id = submit(tenant)
+    task = _claim_for_test(task_id)
+    AITask.objects.filter(id=task_id).update(lease_token=uuid.uuid4())  # taken over
+    services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
+    assert _complete(task, _completion()).kind == "discarded"
+    assert budget(tenant).spent_usd == 0
+
+
+def test_cancel_of_a_pending_task_releases_its_reservation_at_once(tenant) -> None:
+    task_id = submit(tenant)
+    services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
+    assert budget(tenant).reserved_usd == 0 and budget(tenant).spent_usd == 0
 
 
 def test_response_cache_hit_is_done_at_once_free_and_per_organization(make_tenant, run) -> None:
@@ -175,7 +226,11 @@ def test_backoff_is_exponential_jittered_capped_and_honours_retry_after(settings
 
 
 class TestSweeper:
-    def test_expired_lease_goes_back_to_pending_and_is_redispatched(self, tenant) -> None:
+    @pytest.fixture(autouse=True)
+    def _capture(self, django_capture_on_commit_callbacks) -> None:
+        self.capture_on_commit = django_capture_on_commit_callbacks
+
+    def test_expired_lease_goes_back_to_the_gate_and_one_message_is_sent(self, tenant, broker) -> None:
         task_id = submit(tenant)
         AITask.objects.filter(id=task_id).update(
             status="processing",
@@ -184,9 +239,14 @@ class TestSweeper:
             lease_expires_at=timezone.now() - timedelta(seconds=1),
         )
         report = services.tasks_sweep()
-        assert report.lease_expired == 1 and report.redispatched >= 1
+        assert report.lease_expired == 1 and report.redispatched == 0
         task = AITask.objects.get(id=task_id)
-        assert task.status == "pending" and task.lease_token is None
+        assert task.status == "pending" and task.lease_token is None and task.dispatched_at is None
+        # A live worker's keeper fills the gate: exactly one message reaches the broker.
+        services.dispatch.pool_register(queue="default", node="test", slots=4, ttl_s=30)
+        with self.capture_on_commit(execute=True):
+            assert services.dispatch_fill("default").sent == 1
+        assert broker.task_ids("default") == [task_id]
 
     def test_expired_lease_on_last_attempt_fails_and_dead_letters(self, tenant, settings) -> None:
         settings.TASK_MAX_ATTEMPTS = 2
@@ -203,14 +263,62 @@ class TestSweeper:
         assert DeadLetter.objects.filter(task_id=uuid.UUID(task_id)).exists()
         assert budget(tenant).reserved_usd == 0
 
-    def test_never_started_pending_task_is_redispatched_once_per_grace(self, tenant) -> None:
+    def test_a_lost_message_is_sent_again_less_and_less_often(self, tenant, broker, settings) -> None:
+        grace = settings.SWEEPER_PENDING_GRACE_S
         task_id = submit(tenant)
-        long_ago = timezone.now() - timedelta(minutes=5)
-        AITask.objects.filter(id=task_id).update(created_at=long_ago, dispatched_at=long_ago)
+        sent = timezone.now() - timedelta(seconds=grace + 1)
+        AITask.objects.filter(id=task_id).update(dispatched_at=sent, dispatch_count=1)
+        with self.capture_on_commit(execute=True):
+            assert services.tasks_sweep().redispatched == 1
+        assert broker.task_ids("default") == [task_id]
+        task = AITask.objects.get(id=task_id)
+        assert task.dispatch_count == 2 and task.dispatched_at is not None and task.dispatched_at > sent
+        # The second copy went out 1.5 graces ago: the third waits for 2 graces.
+        AITask.objects.filter(id=task_id).update(dispatched_at=timezone.now() - timedelta(seconds=grace * 1.5))
+        assert services.tasks_sweep().redispatched == 0
+        AITask.objects.filter(id=task_id).update(dispatched_at=timezone.now() - timedelta(seconds=grace * 2 + 1))
         assert services.tasks_sweep().redispatched == 1
-        dispatched_at = AITask.objects.get(id=task_id).dispatched_at
-        assert dispatched_at is not None and dispatched_at > long_ago
-        assert services.tasks_sweep().redispatched == 0  # dispatched just now: inside the grace period
+
+    def test_tasks_waiting_at_the_gate_are_never_redispatched(self, tenant) -> None:
+        """A backlog held at the gate is not the sweeper's: no duplicate messages for it."""
+        task_id = submit(tenant)
+        AITask.objects.filter(id=task_id).update(created_at=timezone.now() - timedelta(minutes=10))
+        assert AITask.objects.get(id=task_id).dispatched_at is None
+        assert services.tasks_sweep().redispatched == 0
+
+    def test_a_pending_task_past_its_expiry_fails_and_frees_its_budget(self, tenant, settings) -> None:
+        task_id = submit(tenant)
+        AITask.objects.filter(id=task_id).update(
+            created_at=timezone.now() - timedelta(seconds=settings.TASK_PENDING_EXPIRY_S + 5)
+        )
+        assert services.tasks_sweep().expired == 1
+        task = AITask.objects.get(id=task_id)
+        assert task.status == "failed" and task.error_code == "expired"
+        assert budget(tenant).reserved_usd == 0
+        assert DeadLetter.objects.filter(task_id=task.id).exists()
+
+    def test_one_failing_row_does_not_stall_the_batch(self, make_tenant, settings) -> None:
+        """A row whose change fails is skipped in its own savepoint; the others recover."""
+        alice, bob = make_tenant(), make_tenant()
+        poison, healthy = submit(alice), submit(bob)
+        past = timezone.now() - timedelta(seconds=1)
+        for task_id in (poison, healthy):
+            AITask.objects.filter(id=task_id).update(
+                status="processing", attempts=1, lease_token=uuid.uuid4(), lease_expires_at=past
+            )
+        from django.db import connection
+
+        with connection.cursor() as cursor:  # a trigger that rejects any change to the poison row
+            cursor.execute(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
+                f"IF OLD.id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$ "
+                "LANGUAGE plpgsql;"
+                "CREATE TRIGGER poison BEFORE UPDATE ON llm_aitask FOR EACH ROW EXECUTE FUNCTION poison();"
+            )
+        report = services.tasks_sweep()
+        assert report.errors == 1 and report.lease_expired == 2
+        assert AITask.objects.get(id=healthy).status == "pending"
+        assert AITask.objects.get(id=poison).status == "processing"
 
     def test_fresh_and_open_tasks_are_left_alone(self, tenant) -> None:
         submit(tenant)
@@ -232,6 +340,6 @@ class TestSweeper:
             )
         )
         assert budget(tenant).reserved_usd > 0
-        settings.TASK_LEASE_SECONDS = -1  # everything counts as old enough
+        settings.TASK_TIME_LIMIT = -1  # everything counts as old enough
         assert services.tasks_sweep().reservations_released == 1
         assert budget(tenant).reserved_usd == 0

@@ -1,5 +1,6 @@
-"""Real processes for the pipeline tests: Celery workers per queue (the SPEC §2 policy
-from settings), a uvicorn `stream` server, and a broker proxy that can be cut.
+"""Real processes for the pipeline tests: Celery workers per queue (started by
+bin/switchyard exactly as production starts them), a uvicorn `stream` server, and a
+broker proxy that can be cut.
 
 Workers and servers connect to the pytest-django test database, so these tests use
 ``transactional_db``: what a test commits is what the workers see.
@@ -36,25 +37,10 @@ class Worker:
         self.queue = queue
         self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{HOST}"
         self.log_path = log_dir / f"{self.name}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            queue,
-            "-n",
-            self.name,
-            "--concurrency",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "-E",
-            "--loglevel",
-            "INFO",
-        ]
+        # The production command line (bin/switchyard: threads pool, pooled connections),
+        # with a small pool unless the test asks for another size.
+        command = [str(ROOT / "bin" / "switchyard"), f"worker-{queue}"]
+        env = {"WORKER_CONCURRENCY": "4", "WORKER_NODE_NAME": self.name, **env}
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=process_env(**env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True

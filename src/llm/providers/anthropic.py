@@ -31,9 +31,11 @@ from llm.providers.base import (
     ProviderError,
     ProviderUnavailable,
     TextDelta,
+    current_guard,
     error_for_status,
     parse_retry_after,
     redact,
+    shutdown_response,
 )
 
 # An ``error`` event inside a 200 stream carries only a type; these are its statuses.
@@ -88,8 +90,11 @@ class AnthropicProvider:
                 system=request.system if request.system is not None else anthropic.omit,
                 stream=True,
             )
+            guard = current_guard()
+            guard.on_abort(lambda: shutdown_response(events.response))
             with events:  # closes the connection if the consumer stops early
                 for event in events:
+                    guard.check()
                     if isinstance(event, RawMessageStartEvent):
                         model = event.message.model
                         input_tokens = _input_tokens(event.message.usage)

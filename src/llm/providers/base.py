@@ -14,12 +14,17 @@ from __future__ import annotations
 import email.utils
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol, Self
 
 __all__ = [
+    "CallAborted",
+    "CallGuard",
     "Completion",
     "CompletionRequest",
     "Message",
@@ -29,9 +34,12 @@ __all__ = [
     "ProviderUnavailable",
     "RateLimited",
     "TextDelta",
+    "current_guard",
     "error_for_status",
+    "guarded",
     "parse_retry_after",
     "redact",
+    "shutdown_response",
 ]
 
 
@@ -216,3 +224,98 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         if secret:
             text = text.replace(secret, "[redacted]")
     return _KEY_LIKE.sub("[redacted]", text)
+
+
+# ---------------------------------------------------------------------------------------
+# Call guards: the per-attempt deadline and cancel, on any worker pool.
+# ---------------------------------------------------------------------------------------
+class CallAborted(Exception):
+    """The call was stopped from outside: ``reason`` is ``timeout``, ``cancelled`` or
+    ``lease_lost``. Not a ``ProviderError``: nothing went wrong at the provider."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CallGuard:
+    """Lets another thread stop a provider call that is in progress.
+
+    Celery's time limits work only in its prefork pool (they are signals), so the
+    deadline lives in the call path instead: providers wait through ``sleep`` and check
+    ``check`` between chunks, and ``abort`` runs the closers they registered (closing
+    the HTTP response wakes a blocked read).
+    """
+
+    def __init__(self) -> None:
+        self._aborted = threading.Event()
+        self._lock = threading.Lock()
+        self._closers: list[Callable[[], object]] = []
+        self.reason: str | None = None
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def abort(self, reason: str) -> None:
+        with self._lock:
+            if self._aborted.is_set():
+                return
+            self.reason = reason
+            self._aborted.set()
+            closers, self._closers = self._closers, []
+        for close in closers:
+            try:
+                close()
+            except Exception:  # noqa: S112 - best effort: the reader sees the abort anyway
+                continue
+
+    def check(self) -> None:
+        if self._aborted.is_set():
+            raise CallAborted(self.reason or "aborted")
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or raise ``CallAborted`` as soon as the call is aborted."""
+        if self._aborted.wait(max(seconds, 0.0)):
+            raise CallAborted(self.reason or "aborted")
+
+    def on_abort(self, close: Callable[[], object]) -> None:
+        with self._lock:
+            if not self._aborted.is_set():
+                self._closers.append(close)
+                return
+        close()
+
+
+def shutdown_response(response: object) -> None:
+    """Wake a thread blocked reading ``response`` (an httpx-style response): shut its
+    socket down, which interrupts a pending ``recv`` where a plain close does not."""
+    stream = getattr(response, "extensions", {}).get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    close = getattr(response, "close", None)
+    if close is not None:
+        close()
+
+
+_local = threading.local()
+_UNGUARDED = CallGuard()  # never aborted: calls outside a worker (tests, shell) run unguarded
+
+
+def current_guard() -> CallGuard:
+    """The guard of the call running on this thread (an inert one outside a worker)."""
+    guard: CallGuard | None = getattr(_local, "guard", None)
+    return guard if guard is not None else _UNGUARDED
+
+
+@contextmanager
+def guarded(guard: CallGuard) -> Iterator[CallGuard]:
+    """Make ``guard`` the current guard of this thread for the duration of a call."""
+    previous = getattr(_local, "guard", None)
+    _local.guard = guard
+    try:
+        yield guard
+    finally:
+        _local.guard = previous

@@ -14,8 +14,8 @@ and ``stream`` alike:
                                  on every attempt if ``n`` is omitted; a 429 carries
                                  ``retry_after=1``. Combined with ``sleep``, it fails
                                  after sleeping.
-- ``#fake:hang``                 never answer (short sleeps in a loop, so the Celery
-                                 soft time limit's signal interrupts it).
+- ``#fake:hang``                 never answer (until the call's guard aborts it, or
+                                 the Celery soft time limit's signal interrupts it).
 - ``#fake:tokens=<in>,<out>``    report these token counts.
 
 Anything else that starts with ``#fake:`` (unknown names, missing or malformed values
@@ -28,12 +28,11 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
-from llm.providers.base import Completion, CompletionRequest, TextDelta, error_for_status
+from llm.providers.base import Completion, CompletionRequest, TextDelta, current_guard, error_for_status
 from llm.providers.tokens import estimate_prompt_tokens, estimate_tokens
 
 HANG_STEP_S = 0.1
@@ -98,9 +97,9 @@ class Directives:
 class FakeProvider:
     name = "fake"
 
-    def __init__(self, latency_ms: int, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, latency_ms: int, sleep: Callable[[float], None] | None = None) -> None:
         self.latency_ms = max(latency_ms, 0)
-        self._sleep = sleep
+        self._sleep = sleep or _guarded_sleep
 
     def complete(self, request: CompletionRequest) -> Completion:
         directives = self._begin(request)
@@ -161,6 +160,14 @@ class FakeProvider:
             model=request.model,
             finish_reason="length" if truncated else "stop",
         )
+
+
+def _guarded_sleep(seconds: float) -> None:
+    """Sleep like a network wait: the call's guard (deadline, cancel) ends it early."""
+    guard = current_guard()
+    guard.check()
+    if seconds > 0:
+        guard.sleep(seconds)
 
 
 def _answer(request: CompletionRequest) -> tuple[str, bool]:

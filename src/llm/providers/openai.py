@@ -23,9 +23,11 @@ from llm.providers.base import (
     ProviderError,
     ProviderUnavailable,
     TextDelta,
+    current_guard,
     error_for_status,
     parse_retry_after,
     redact,
+    shutdown_response,
 )
 from llm.providers.tokens import estimate_prompt_tokens, estimate_tokens
 
@@ -74,8 +76,11 @@ class OpenAIProvider:
                 max_tokens=self._max_tokens(request),
                 max_completion_tokens=self._max_completion_tokens(request),
             )
+            guard = current_guard()
+            guard.on_abort(lambda: shutdown_response(chunks.response))
             with chunks:  # closes the connection if the consumer stops early
                 for chunk in chunks:
+                    guard.check()
                     model = chunk.model or model
                     if chunk.usage is not None:  # the last chunk, with no choices
                         input_tokens, output_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens

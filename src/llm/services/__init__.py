@@ -1,8 +1,11 @@
 """Public surface of the llm context. Other contexts, the API, the admin and the Celery
 tasks call only what is exported here."""
 
+from llm.services import dispatch
 from llm.services._common import status_payload
+from llm.services.dispatch import FillReport, dispatch_fill
 from llm.services.execution import Outcome, backoff_seconds, task_execute
+from llm.services.runtime import runtime
 from llm.services.submit import (
     TaskNotCancellable,
     TaskNotFound,
@@ -17,7 +20,18 @@ from llm.services.submit import (
 from llm.services.sweeper import SweepReport, tasks_sweep
 from llm.services.webhooks import WebhookOutcome, webhook_deliver, webhook_secret, webhook_signature
 
+
+def worker_serve(*, queues: list[str], slots: int, node: str) -> None:
+    """This process consumes ``queues`` with ``slots`` concurrent calls (worker start)."""
+    runtime().serve_pool(queues=queues, slots=slots, node=node)
+
+
+def worker_leave() -> None:
+    runtime().leave_pool()
+
+
 __all__ = [
+    "FillReport",
     "Outcome",
     "SweepReport",
     "TaskNotCancellable",
@@ -26,6 +40,8 @@ __all__ = [
     "WebhookOutcome",
     "backoff_seconds",
     "dead_letter_replay",
+    "dispatch",
+    "dispatch_fill",
     "status_payload",
     "task_cancel",
     "task_execute",
@@ -37,4 +53,6 @@ __all__ = [
     "webhook_deliver",
     "webhook_secret",
     "webhook_signature",
+    "worker_leave",
+    "worker_serve",
 ]

@@ -1,8 +1,14 @@
 """Running an AI task on a worker (the worker side of the lifecycle, SPEC §5).
 
-claim (one conditional UPDATE, with a lease) → call the provider, streaming deltas to
-Redis → finish in one transaction (result, settlement, outbox event), conditionally on
-still holding the lease, so a cancelled or reclaimed task is never charged.
+claim (one conditional UPDATE with a short lease, on the database's clock) → call the
+provider under a ``CallGuard`` (the keeper thread renews the lease, enforces the soft
+and hard deadlines and stops the call on cancel) while deltas stream to Redis → finish
+in one transaction (result, settlement, outbox event), conditionally on still holding
+the lease, so a reclaimed task is never charged twice. While the provider is awaited
+the thread holds no database connection (it goes back to the pool).
+
+A retry does not wait in the broker: the task goes back to ``pending`` with a due time
+and waits at the dispatch gate, which sends it when it is due and the queue has room.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
@@ -21,23 +26,25 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce
-from django.utils import timezone
+from django.db.models.functions import Coalesce, Now
 
 from billing import services as billing
 from contracts.billing import TokenUsage
+from kernel.db import release_connection
 from llm import response_cache, streams
 from llm.models import AITask, DeadLetter
 from llm.providers import Completion, CompletionRequest, ProviderError, TextDelta, get_provider
+from llm.providers.base import CallAborted, CallGuard, guarded
+from llm.providers.tokens import estimate_tokens
 from llm.services._common import announce_terminal, publish_status, queue_for
+from llm.services.runtime import runtime
 
 log = structlog.get_logger(__name__)
-CANCEL_CHECK_EVERY = 8  # deltas between checks of the cancel flag
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    kind: Literal["done", "failed", "retry", "skipped", "discarded"]
+    kind: Literal["done", "failed", "retry", "skipped", "discarded", "cancelled"]
     countdown: float | None = None
     queue: str | None = None
 
@@ -51,19 +58,22 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return min(delay, settings.TASK_RETRY_BACKOFF_MAX_S)
 
 
+def _lease_until() -> Now:
+    return Now() + Value(timedelta(seconds=settings.TASK_LEASE_SECONDS))  # type: ignore[return-value]
+
+
 def _claim(task_id: UUID) -> AITask | None:
     """Take the task with one conditional UPDATE: pending and due, or processing with an
     expired lease. A duplicate delivery matches nothing and gets None."""
-    now = timezone.now()
     token = uuid.uuid4()
-    claimable = Q(status=AITask.Status.PENDING) & (Q(available_at__isnull=True) | Q(available_at__lte=now))
-    claimable |= Q(status=AITask.Status.PROCESSING, lease_expires_at__lt=now)
+    claimable = Q(status=AITask.Status.PENDING) & (Q(available_at__isnull=True) | Q(available_at__lte=Now()))
+    claimable |= Q(status=AITask.Status.PROCESSING, lease_expires_at__lt=Now())
     claimed = AITask.objects.filter(claimable, id=task_id).update(
         status=AITask.Status.PROCESSING,
         lease_token=token,
-        lease_expires_at=now + timedelta(seconds=settings.TASK_LEASE_SECONDS),
+        lease_expires_at=_lease_until(),
         attempts=F("attempts") + 1,
-        started_at=Coalesce(F("started_at"), Value(now)),
+        started_at=Coalesce(F("started_at"), Now()),
         available_at=None,
     )
     if not claimed:
@@ -74,44 +84,76 @@ def _claim(task_id: UUID) -> AITask | None:
 def task_execute(*, task_id: UUID) -> Outcome:
     task = _claim(task_id)
     if task is None:
+        release_connection()
         log.info("task_not_claimed", task_id=str(task_id))
         return Outcome("skipped")
+    try:
+        return _attempt(task)
+    finally:
+        release_connection()
+        runtime().poke(queue_for(task.priority))
+
+
+def _attempt(task: AITask) -> Outcome:
+    release_connection()  # nothing below holds a connection while the provider answers
+    streams.publish(task.id, "attempt", {"attempt": task.attempts})
     publish_status(task)
-    provider = get_provider()
     request = CompletionRequest.from_prompt(
         task.prompt, model=task.model, max_tokens=task.max_tokens, attempt=task.attempts
     )
+    assert task.lease_token is not None
+    guard = CallGuard()
+    call = runtime().track(task_id=task.id, lease_token=task.lease_token, queue=queue_for(task.priority), guard=guard)
+    produced: list[str] = []
     try:
-        completion = _run(provider.stream(request), task)
-    except SoftTimeLimitExceeded:
-        return _fail(
-            task, code="timeout", error=f"The task exceeded its time limit of {settings.TASK_SOFT_TIME_LIMIT} s."
-        )
+        with guarded(guard):
+            completion = _run(get_provider().stream(request), task, produced)
+    except SoftTimeLimitExceeded:  # the prefork pool's signal, where that pool is used
+        return _timed_out(task)
+    except CallAborted as exc:
+        return _aborted(task, exc.reason, produced)
     except ProviderError as exc:
+        if guard.aborted:  # aborting closed the connection under the SDK: not an outage
+            return _aborted(task, guard.reason or "aborted", produced)
         if not exc.retryable:
             return _fail(task, code=exc.code, error=str(exc))
         return _retry_or_dead_letter(task, code=exc.code, error=str(exc), retry_after=exc.retry_after)
-    except _Cancelled:
-        return Outcome("discarded")
     except Exception as exc:  # an unexpected bug: retry like an outage, dead-letter in the end
+        if guard.aborted:
+            return _aborted(task, guard.reason or "aborted", produced)
         log.exception("task_unexpected_error", task_id=str(task.id))
         return _retry_or_dead_letter(
             task, code="internal_error", error=f"Internal error ({type(exc).__name__}).", retry_after=None
         )
+    finally:
+        runtime().untrack(call)
     return _complete(task, completion)
 
 
-class _Cancelled(Exception):
-    pass
+def _aborted(task: AITask, reason: str, produced: list[str]) -> Outcome:
+    if reason == "timeout":
+        return _timed_out(task)
+    if reason == "cancelled":
+        usage = TokenUsage(input_tokens=estimate_tokens(task.prompt), output_tokens=_output_tokens(produced))
+        return _charge_cancelled(task, usage)
+    log.info("task_lease_lost", task_id=str(task.id))
+    return Outcome("discarded")
 
 
-def _run(events: Iterator[TextDelta | Completion], task: AITask) -> Completion:
+def _output_tokens(produced: list[str]) -> int:
+    return estimate_tokens("".join(produced)) if produced else 0
+
+
+def _timed_out(task: AITask) -> Outcome:
+    return _fail(task, code="timeout", error=f"The task exceeded its time limit of {settings.TASK_SOFT_TIME_LIMIT} s.")
+
+
+def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[str]) -> Completion:
     completion: Completion | None = None
-    for index, event in enumerate(events):
+    for event in events:
         if isinstance(event, TextDelta):
-            streams.publish(task.id, "delta", {"text": event.text})
-            if index % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and streams.is_cancelled(task.id):
-                raise _Cancelled()
+            produced.append(event.text)
+            streams.publish(task.id, "delta", {"text": event.text, "attempt": task.attempts})
         elif isinstance(event, Completion):
             completion = event
     if completion is None:
@@ -124,30 +166,24 @@ def _held(task: AITask) -> Q:
 
 
 def _complete(task: AITask, completion: Completion) -> Outcome:
-    now = timezone.now()
+    usage = TokenUsage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens)
     with transaction.atomic():
         updated = AITask.objects.filter(_held(task)).update(
             status=AITask.Status.DONE,
             result=completion.text,
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
-            completed_at=now,
+            completed_at=Now(),
             lease_token=None,
             lease_expires_at=None,
             error=None,
             error_code=None,
         )
-        if not updated:  # cancelled meanwhile, or the lease was lost: discard, charge nothing
-            log.info("task_result_discarded", task_id=str(task.id))
-            return Outcome("discarded")
-        cost = Decimal(0)
+        if not updated:  # cancelled meanwhile (charged for what was produced), or reclaimed
+            return _charge_cancelled(task, usage)
         if task.reservation_id:
-            entry = billing.reservation_settle(
-                reservation_id=task.reservation_id,
-                usage=TokenUsage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens),
-            )
-            cost = entry.cost_usd
-            AITask.objects.filter(id=task.id).update(cost_usd=cost)
+            entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage)
+            AITask.objects.filter(id=task.id).update(cost_usd=entry.cost_usd)
         task.refresh_from_db()
         announce_terminal(task)
         if task.use_cache:
@@ -159,20 +195,53 @@ def _complete(task: AITask, completion: Completion) -> Outcome:
     return Outcome("done")
 
 
+def _charge_cancelled(task: AITask, usage: TokenUsage) -> Outcome:
+    """The task was cancelled while this attempt ran: the provider did the work up to the
+    cancel, so charge what it produced (the client may have read it over SSE). Only the
+    holder of the lease charges, once: cancel keeps the lease token for this purpose."""
+    with transaction.atomic():
+        charged = AITask.objects.filter(
+            id=task.id, status=AITask.Status.CANCELLED, lease_token=task.lease_token
+        ).update(
+            lease_token=None,
+            lease_expires_at=None,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+        )
+        if not charged:  # the lease was lost to another worker: that attempt settles
+            log.info("task_result_discarded", task_id=str(task.id))
+            return Outcome("discarded")
+        if task.reservation_id:
+            entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage)
+            AITask.objects.filter(id=task.id).update(cost_usd=entry.cost_usd)
+    log.info("task_cancelled_charged", task_id=str(task.id), output_tokens=usage.output_tokens)
+    return Outcome("cancelled")
+
+
 def _fail(task: AITask, *, code: str, error: str, dead_letter: bool = False) -> Outcome:
     with transaction.atomic():
         updated = AITask.objects.filter(_held(task)).update(
             status=AITask.Status.FAILED,
             error=error,
             error_code=code,
-            completed_at=timezone.now(),
+            completed_at=Now(),
             lease_token=None,
             lease_expires_at=None,
         )
         if not updated:
-            return Outcome("discarded")
+            return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
         fail_bookkeeping(task, error=error, dead_letter=dead_letter)
     return Outcome("failed")
+
+
+def task_fail_abandoned(*, task_id: UUID, lease_token: UUID) -> bool:
+    """The keeper's last resort for a call that outlived its hard deadline: fail the task
+    for the thread that is stuck in it (which will find the lease gone if it returns)."""
+    task = AITask.objects.filter(id=task_id, lease_token=lease_token).first()
+    if task is None:
+        return False
+    error = f"The task exceeded its hard time limit of {settings.TASK_TIME_LIMIT} s and was abandoned."
+    return _fail(task, code="timeout", error=error).kind == "failed"
 
 
 def fail_bookkeeping(task: AITask, *, error: str, dead_letter: bool) -> None:
@@ -190,18 +259,18 @@ def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: f
     if task.attempts >= settings.TASK_MAX_ATTEMPTS:
         return _fail(task, code=code, error=f"{error} (gave up after {task.attempts} attempts)", dead_letter=True)
     countdown = backoff_seconds(task.attempts, retry_after)
-    now = timezone.now()
+    # Back to the gate with a due time: the gate sends it when it is due and there is room.
     updated = AITask.objects.filter(_held(task)).update(
         status=AITask.Status.PENDING,
         lease_token=None,
         lease_expires_at=None,
         error=error,
         error_code=code,
-        available_at=now + timedelta(seconds=countdown),
-        dispatched_at=now,
+        available_at=Now() + Value(timedelta(seconds=countdown)),
+        dispatched_at=None,
     )
     if not updated:
-        return Outcome("discarded")
+        return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
     task.refresh_from_db()
     publish_status(task)
     log.info(

@@ -21,6 +21,7 @@ from kernel.errors import ConflictError, NotFoundError
 from llm import response_cache, selectors, streams
 from llm.models import AITask, DeadLetter
 from llm.providers.tokens import estimate_tokens
+from llm.services import dispatch as gate
 from llm.services._common import announce_terminal, dispatch, enqueue_webhook, to_task
 
 log = structlog.get_logger(__name__)
@@ -63,15 +64,20 @@ def task_submit(submission: TaskSubmission) -> AITaskContract:
                 max_output_tokens=submission.max_tokens,
             )
         )
+        # Straight to the broker while the queue has room and nobody waits at the gate;
+        # otherwise the task waits there (dispatched_at NULL) for its fair turn.
+        admitted = gate.admit_at_submit(submission.priority)
         task = AITask.objects.create(
             id=task_id,
             reservation_id=reservation.id,
             input_usd_per_mtok=reservation.input_usd_per_mtok,
             output_usd_per_mtok=reservation.output_usd_per_mtok,
-            dispatched_at=timezone.now(),
+            dispatched_at=timezone.now() if admitted else None,
+            dispatch_count=1 if admitted else 0,
             **_fields(submission),
         )
-        transaction.on_commit(lambda: dispatch(task.id, task.priority))
+        if admitted:
+            transaction.on_commit(lambda: dispatch(task.id, task.priority))
     return to_task(task)
 
 
@@ -130,20 +136,24 @@ def task_list(
 
 
 def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
-    """Cancel an open task. A worker still running it finds the row no longer
-    ``processing`` when it tries to finish, discards its result and charges nothing."""
+    """Cancel an open task. A pending one is released at once; a worker running one stops
+    its call (it polls the cancel flag) and settles what the provider produced."""
     with transaction.atomic():
         task = selectors.task_queryset(organization_id=organization_id).select_for_update().filter(id=task_id).first()
         if task is None:
             raise TaskNotFound()
         if task.status not in AITask.OPEN:
             raise TaskNotCancellable(status=task.status)
+        running = task.status == AITask.Status.PROCESSING
         task.status = AITask.Status.CANCELLED
         task.completed_at = timezone.now()
-        task.lease_token = None
         task.lease_expires_at = None
-        task.save(update_fields=["status", "completed_at", "lease_token", "lease_expires_at", "updated_at"])
-        if task.reservation_id:
+        task.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
+        # A running attempt keeps its lease token and the reservation: the worker stops
+        # within about a second and charges what the provider produced up to the cancel
+        # (the client may have read it over SSE). The sweeper releases the reservation
+        # if that worker is gone.
+        if task.reservation_id and not running:
             billing.reservation_release(reservation_id=task.reservation_id)
         announce_terminal(task)
         transaction.on_commit(lambda: _after_cancel(task))

@@ -1,16 +1,22 @@
 """The sweeper (beat, every 30 s): no task stays open forever, no reservation is left held.
 
-- ``pending`` tasks that are due but were not dispatched recently (broker outage at
-  submit, a lost retry message) are dispatched again;
-- ``processing`` tasks whose lease expired (the worker died) go back to ``pending``, or
-  fail and are dead-lettered after the last attempt;
+- ``processing`` tasks whose lease expired (the worker died; the keeper renews live
+  leases every few seconds) go back to ``pending`` and wait at the dispatch gate, which
+  sends them at once; or they fail and are dead-lettered after the last attempt;
+- ``pending`` tasks that were sent to the broker but never started (a broker outage at
+  submit, a lost message) are sent again, each one less often: after the grace period,
+  then twice that, four times... (a task waiting behind a backlog is not flooded with
+  copies; a copy finds nothing to claim anyway);
+- ``pending`` tasks older than ``TASK_PENDING_EXPIRY_S`` fail as expired;
 - reservations still held for tasks that have ended are released.
-Each step finds its rows with one query, in bounded batches, with SKIP LOCKED so two
-overlapping sweeps never touch the same row.
+Each step finds its rows with one query on the database's clock, in bounded batches,
+with SKIP LOCKED so two overlapping sweeps never touch the same row; each row is changed
+in its own savepoint, so one row that fails is logged and skipped, not the whole batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -18,8 +24,9 @@ from uuid import UUID
 import structlog
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
-from django.db.models.functions import Coalesce
+from django.db.models import BooleanField, F
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from billing import services as billing
@@ -28,6 +35,7 @@ from llm.services._common import dispatch, enqueue_webhook
 from llm.services.execution import fail_bookkeeping
 
 log = structlog.get_logger(__name__)
+MAX_REDISPATCH_DOUBLINGS = 6  # at most grace x 64 between two copies of one message
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,73 +45,121 @@ class SweepReport:
     failed: int
     reservations_released: int
     webhooks_requeued: int = 0
+    expired: int = 0
+    errors: int = 0
 
 
 def tasks_sweep() -> SweepReport:
     batch = settings.SWEEPER_BATCH_SIZE
-    now = timezone.now()
-    grace = now - timedelta(seconds=settings.SWEEPER_PENDING_GRACE_S)
+    counts = {"lease_expired": 0, "failed": 0, "expired": 0, "errors": 0}
     to_dispatch: list[tuple[str, str]] = []
-    failed = expired_count = 0
 
     with transaction.atomic():
-        expired = list(
+        expired_leases = list(
             AITask.objects.select_for_update(skip_locked=True)
-            .filter(status=AITask.Status.PROCESSING, lease_expires_at__lt=now)
+            .filter(status=AITask.Status.PROCESSING, lease_expires_at__lt=Now())
             .order_by("lease_expires_at")[:batch]
         )
-        for task in expired:
-            expired_count += 1
-            if task.attempts >= settings.TASK_MAX_ATTEMPTS:
-                error = f"The worker was lost and the task had no attempts left ({task.attempts})."
-                AITask.objects.filter(pk=task.pk).update(
-                    status=AITask.Status.FAILED,
-                    error=error,
-                    error_code="worker_lost",
-                    completed_at=now,
-                    lease_token=None,
-                    lease_expires_at=None,
-                )
-                fail_bookkeeping(task, error=error, dead_letter=True)
-                failed += 1
-            else:
-                AITask.objects.filter(pk=task.pk).update(
-                    status=AITask.Status.PENDING,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    available_at=None,
-                    dispatched_at=now,
-                    error="The worker was lost; the task will run again.",
-                    error_code="worker_lost",
-                )
-                to_dispatch.append((str(task.pk), task.priority))
+        for task in expired_leases:
+            counts["lease_expired"] += 1
+            if _in_savepoint(task, _return_or_fail, counts):
+                counts["failed"] += task.attempts >= settings.TASK_MAX_ATTEMPTS
 
-        stale = list(
+        too_old = list(
             AITask.objects.select_for_update(skip_locked=True)
-            .annotate(due=Coalesce("available_at", "created_at"))
-            .filter(status=AITask.Status.PENDING, due__lte=grace)
-            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=grace))
-            .order_by("created_at")
+            .filter(status=AITask.Status.PENDING, created_at__lt=Now() - _seconds(settings.TASK_PENDING_EXPIRY_S))
+            .order_by("created_at")[:batch]
+        )
+        for task in too_old:
+            if _in_savepoint(task, _expire, counts):
+                counts["expired"] += 1
+
+        lost = list(
+            AITask.objects.select_for_update(skip_locked=True)
+            .filter(status=AITask.Status.PENDING, dispatched_at__isnull=False)
+            .filter(_resend_due())
+            .order_by("dispatched_at")
             .values_list("pk", "priority")[:batch]
         )
-        if stale:
-            AITask.objects.filter(pk__in=[pk for pk, _ in stale]).update(dispatched_at=now)
-            to_dispatch.extend((str(pk), priority) for pk, priority in stale)
-
+        if lost:
+            AITask.objects.filter(pk__in=[pk for pk, _ in lost]).update(
+                dispatched_at=Now(), dispatch_count=F("dispatch_count") + 1
+            )
+            to_dispatch.extend((str(pk), priority) for pk, priority in lost)
         transaction.on_commit(lambda: _dispatch_all(to_dispatch))
 
     released = _release_orphaned_reservations()
-    webhooks = _requeue_stranded_webhooks(grace)
+    webhooks = _requeue_stranded_webhooks(timezone.now() - timedelta(seconds=settings.SWEEPER_PENDING_GRACE_S))
     report = SweepReport(
         webhooks_requeued=webhooks,
         redispatched=len(to_dispatch),
-        lease_expired=expired_count,
-        failed=failed,
+        lease_expired=counts["lease_expired"],
+        failed=counts["failed"],
         reservations_released=released,
+        expired=counts["expired"],
+        errors=counts["errors"],
     )
-    if any((report.redispatched, report.failed, report.reservations_released, report.webhooks_requeued)):
+    if any(value for key, value in asdict(report).items() if key != "lease_expired"):
         log.info("sweep", **asdict(report))
     return report
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _resend_due() -> RawSQL:
+    """Sent at least ``grace x 2^(copies sent - 1)`` ago, and due."""
+    return RawSQL(
+        "dispatched_at + make_interval(secs => %s * power(2, least(greatest(dispatch_count - 1, 0), %s))) <= now()"
+        " AND (available_at IS NULL OR available_at <= now())",
+        (settings.SWEEPER_PENDING_GRACE_S, MAX_REDISPATCH_DOUBLINGS),
+        output_field=BooleanField(),
+    )
+
+
+def _in_savepoint(task: AITask, change: Callable[[AITask], None], counts: dict[str, int]) -> bool:
+    try:
+        with transaction.atomic():
+            change(task)
+    except Exception:
+        counts["errors"] += 1
+        log.exception("sweep_row_failed", task_id=str(task.pk))
+        return False
+    return True
+
+
+def _return_or_fail(task: AITask) -> None:
+    if task.attempts >= settings.TASK_MAX_ATTEMPTS:
+        error = f"The worker was lost and the task had no attempts left ({task.attempts})."
+        AITask.objects.filter(pk=task.pk).update(
+            status=AITask.Status.FAILED,
+            error=error,
+            error_code="worker_lost",
+            completed_at=Now(),
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        fail_bookkeeping(task, error=error, dead_letter=True)
+        return
+    # Back to the gate (dispatched_at NULL): a live worker's keeper sends it within a tick.
+    AITask.objects.filter(pk=task.pk).update(
+        status=AITask.Status.PENDING,
+        lease_token=None,
+        lease_expires_at=None,
+        available_at=None,
+        dispatched_at=None,
+        error="The worker was lost; the task will run again.",
+        error_code="worker_lost",
+    )
+
+
+def _expire(task: AITask) -> None:
+    error = f"The task waited longer than {settings.TASK_PENDING_EXPIRY_S} s without starting."
+    AITask.objects.filter(pk=task.pk).update(
+        status=AITask.Status.FAILED, error=error, error_code="expired", completed_at=Now()
+    )
+    fail_bookkeeping(task, error=error, dead_letter=True)
 
 
 def _requeue_stranded_webhooks(grace: datetime) -> int:
@@ -126,7 +182,7 @@ def _dispatch_all(tasks: list[tuple[str, str]]) -> None:
 
 def _release_orphaned_reservations() -> int:
     """Held reservations whose task has ended (or never got inserted) are released."""
-    cutoff = timezone.now() - timedelta(seconds=settings.TASK_LEASE_SECONDS)
+    cutoff = timezone.now() - timedelta(seconds=settings.TASK_TIME_LIMIT)
     held = billing.reservations_held(created_before=cutoff, limit=settings.SWEEPER_BATCH_SIZE)
     if not held:
         return 0
