@@ -11,6 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -19,6 +20,7 @@ from django_redis import get_redis_connection
 
 from llm import streams
 from llm.streams import publish_attempt, publish_delta
+from tests.pipeline.conftest import TcpProxy
 from tests.support import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -236,3 +238,28 @@ def test_redis_down_is_503_not_500(tenant, settings) -> None:
     assert reply.status == 503
     assert json.loads(reply.body)["code"] == "stream_unavailable"
     assert reply.headers["Retry-After"] == "5"
+
+
+def test_redis_lost_while_waiting_ends_the_response_cleanly(tenant, settings) -> None:
+    """The client then reconnects with Last-Event-ID; no exception escapes to the server."""
+    task_id = submit(tenant)
+    redis_url = urlparse(settings.REDIS_URL)
+    proxy = TcpProxy(redis_url.port or 6379)
+    proxy.start()
+    settings.REDIS_URL = redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    reply = read_events(task_id, tenant.issued.key, after_connect=proxy.stop, timeout=30)
+    assert (reply.status, reply.complete) == (200, True)
+    assert [e["data"]["status"] for e in reply.events] == ["pending"]
+
+
+@pytest.mark.parametrize("key", ["", "sy_00000000_not-a-key", "other org"])
+def test_bearer_auth_is_required_and_scoped(make_tenant, key: str) -> None:
+    alice, bob = make_tenant(), make_tenant()
+    task_id = submit(alice)
+    reply = read_events(task_id, bob.issued.key if key == "other org" else key)
+    expected = {"": (401, "not_authenticated"), "other org": (404, "not_found")}.get(
+        key, (401, "authentication_failed")
+    )
+    assert (reply.status, json.loads(reply.body)["code"]) == expected
+    if key == "":
+        assert reply.headers["WWW-Authenticate"] == 'Bearer realm="api"'
