@@ -7,10 +7,19 @@ from typing import Any
 
 EVENTS_PATH = "/api/v1/ai-tasks/{task_id}/events/"
 _EVENTS_DESCRIPTION = (
-    "Server-Sent Events for one task: `event: status` with the current state at once, every later "
-    "transition, `event: delta` chunks while the provider streams, a comment heartbeat every 15 s; "
-    "the stream ends after a terminal state. Reconnect with `Last-Event-ID` to receive only what was "
-    "missed. Served by the `stream` role."
+    "Server-Sent Events for one task, served by the `stream` role (ASGI) only; the `web` role "
+    "answers 421 `use_stream_role`. Every event has an `id`; reconnect with `Last-Event-ID` to receive "
+    "only what was missed.\n\n"
+    "- `event: status`: the task's state (`status`, `attempts`, `result`, `error`, tokens, `cost_usd`) at "
+    "once, then every transition; the stream ends after a terminal state.\n"
+    '- `event: attempt`, `{"attempt": n}`: attempt `n` of the task starts. Discard the text built from the '
+    "deltas received so far: they belong to an attempt that failed.\n"
+    '- `event: delta`, `{"text": "...", "attempt": n}`: the next chunk of the answer while the provider '
+    "streams.\n"
+    "- a `: heartbeat` comment after 15 s without an event.\n\n"
+    "Once the task has ended, a connection without `Last-Event-ID` gets the final `status` once and the "
+    "response ends; a reconnect from before the end gets the rest up to the final `status`; a reconnect "
+    "at or after the final event gets 204 (EventSource then stops reconnecting)."
 )
 
 
@@ -36,9 +45,18 @@ def add_event_stream_path(result: dict[str, Any], **_: Any) -> dict[str, Any]:
                     "description": "An event stream.",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
+                "204": {"description": "The task has ended and `Last-Event-ID` is at or after its final event."},
                 "401": {"description": "No or invalid API key.", "content": {"application/json": {"schema": error}}},
                 "404": {
                     "description": "No such task in the caller's organization.",
+                    "content": {"application/json": {"schema": error}},
+                },
+                "421": {
+                    "description": "Sent to the `web` role (WSGI): events are served by the `stream` role.",
+                    "content": {"application/json": {"schema": error}},
+                },
+                "503": {
+                    "description": "The event stream (Redis) is unavailable; retry after `Retry-After` seconds.",
                     "content": {"application/json": {"schema": error}},
                 },
             },

@@ -3,7 +3,21 @@
 An async view: it authenticates and reads the task in a worker thread, closes that
 thread's database connection, then waits on the task's Redis stream in the event loop —
 an open stream holds no database connection and no thread. Served by the ``stream``
-role (ASGI); under WSGI it still answers, but buffers until the task ends.
+role (ASGI) only: the ``web`` role (WSGI) answers 421 naming the stream role at once,
+since a WSGI worker thread would be held for as long as the stream lasts.
+
+Events (each with an ``id:``; reconnect with ``Last-Event-ID`` to get only what followed):
+
+- ``status``: the task's state (``status``, ``attempts``, ``result``, tokens, cost) at once,
+  then at every transition; the stream ends after a terminal one.
+- ``attempt``: ``{"attempt": n}``: attempt ``n`` starts; discard the text built from the
+  deltas received so far (they belong to an attempt that failed).
+- ``delta``: ``{"text": "...", "attempt": n}``: the next chunk of the answer.
+- a ``: heartbeat`` comment after SSE_HEARTBEAT_S (15 s) without an event.
+
+Once the task has ended, a connection gets what it has not seen yet and then the end: a
+fresh one the final ``status`` once, a reconnect from before the end the rest up to the
+final ``status``, a reconnect at or after it HTTP 204 (EventSource stops reconnecting).
 """
 
 from __future__ import annotations
@@ -15,19 +29,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
+import structlog
 from asgiref.sync import sync_to_async
-from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
-from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
 from kernel.errors import error_body
 from llm import services
-from llm.streams import AsyncStreamReader, StreamEvent
+from llm.streams import AsyncStreamReader, StreamEvent, id_order, is_terminal
 from users import services as users
 
+log = structlog.get_logger(__name__)
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 MAX_STREAM_SECONDS = 3600
+WRONG_ROLE_DETAIL = (
+    "Server-Sent Events are served by the `stream` role (ASGI: `bin/switchyard stream`; "
+    "port 8100 with docker compose and `make run`), not by the `web` role. "
+    "Send this request to the stream server."
+)
 
 
 def _load_snapshot(raw_key: str, task_id: UUID) -> dict[str, Any]:
@@ -42,58 +64,100 @@ def _frame(event: StreamEvent) -> bytes:
     return f"id: {event.id}\nevent: {event.event}\ndata: {json.dumps(event.data)}\n\n".encode()
 
 
+def _error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
+    return JsonResponse(error_body(status_code=status, code=code, detail=detail), status=status, headers=headers)
+
+
+def _event_stream(body: AsyncIterator[bytes] | bytes) -> HttpResponseBase:
+    response: HttpResponseBase = (
+        HttpResponse(body, content_type="text/event-stream")
+        if isinstance(body, bytes)
+        else StreamingHttpResponse(body, content_type="text/event-stream")
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
 async def _stream(reader: AsyncStreamReader, snapshot: dict[str, Any] | None, cursor: str) -> AsyncIterator[bytes]:
     try:
         yield b"retry: 2000\n\n"
         if snapshot is not None:
             yield _frame(StreamEvent(id=cursor, event="status", data=snapshot))
-            if snapshot["status"] in TERMINAL_STATUSES:
-                return
         deadline = time.monotonic() + MAX_STREAM_SECONDS
         while time.monotonic() < deadline:
-            events = await reader.read(cursor, block_ms=int(settings.SSE_HEARTBEAT_S * 1000))
+            try:
+                events = await reader.read(cursor)
+            except RedisError:  # the client reconnects with Last-Event-ID and misses nothing
+                log.warning("sse_read_failed", exc_info=True)
+                return
             if not events:
                 yield b": heartbeat\n\n"
                 continue
             for event in events:
                 cursor = event.id
                 yield _frame(event)
-                if event.event == "status" and event.data.get("status") in TERMINAL_STATUSES:
+                if is_terminal(event):
                     return
     finally:
         await reader.close()
 
 
+async def _ended(reader: AsyncStreamReader, snapshot: dict[str, Any], resume_from: str | None) -> HttpResponseBase:
+    """The task has ended: answer what the client has not seen yet, complete, or 204.
+
+    The end is the stream's terminal ``status`` event. When the stream has none (it
+    expired, or the worker's publish is still in flight or was lost) the final state read
+    from the database is appended, so every reconnect after this one names an id at or
+    after the end and gets 204 instead of the final status again."""
+    final_id = await reader.terminal_id() or await reader.append("status", snapshot)
+    if resume_from is None:
+        events = [StreamEvent(id=final_id, event="status", data=snapshot)]
+    elif id_order(resume_from) >= id_order(final_id):
+        return HttpResponse(status=204)
+    else:
+        events = await reader.between(resume_from, final_id)
+        if not events or not is_terminal(events[-1]):
+            events.append(StreamEvent(id=final_id, event="status", data=snapshot))
+    return _event_stream(b"retry: 2000\n\n" + b"".join(_frame(event) for event in events))
+
+
 async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
+    if not isinstance(request, ASGIRequest):  # WSGI: this would hold a worker thread
+        return _error(421, "use_stream_role", WRONG_ROLE_DETAIL)
     scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not raw_key.strip():
-        return JsonResponse(
-            error_body(
-                status_code=401, code="not_authenticated", detail="Authentication credentials were not provided."
-            ),
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="api"'},
+        return _error(
+            401,
+            "not_authenticated",
+            "Authentication credentials were not provided.",
+            **{"WWW-Authenticate": 'Bearer realm="api"'},
         )
     reader = AsyncStreamReader(task_id)
+    handed_over = False
     try:
         # The stream position is taken before the snapshot, so nothing falls between them.
         last_id = await reader.last_id()
         snapshot = await sync_to_async(_load_snapshot, thread_sensitive=False)(raw_key.strip(), task_id)
+        resume_from = request.headers.get("Last-Event-ID", "").strip()
+        resume = resume_from if _EVENT_ID.match(resume_from) else None
+        if snapshot["status"] in TERMINAL_STATUSES:
+            return await _ended(reader, snapshot, resume)
+        if resume is not None and await reader.exists():
+            body = _stream(reader, None, resume)
+        else:
+            body = _stream(reader, snapshot, last_id)
+        handed_over = True  # from here the stream's generator closes the reader
+        return _event_stream(body)
     except users.InvalidApiKey as exc:
-        await reader.close()
-        return JsonResponse(error_body(status_code=401, code=exc.code, detail=exc.detail), status=401)
+        return _error(401, exc.code, exc.detail)
     except services.TaskNotFound as exc:
-        await reader.close()
-        return JsonResponse(error_body(status_code=404, code=exc.code, detail=exc.detail), status=404)
-    except Exception:
-        await reader.close()
-        raise
-    resume_from = request.headers.get("Last-Event-ID", "")
-    if _EVENT_ID.match(resume_from) and await reader.exists():
-        body = _stream(reader, None, resume_from)
-    else:
-        body = _stream(reader, snapshot, last_id)
-    response = StreamingHttpResponse(body, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+        return _error(404, exc.code, exc.detail)
+    except RedisError:
+        log.warning("sse_redis_unavailable", task_id=str(task_id), exc_info=True)
+        return _error(
+            503, "stream_unavailable", "The event stream is unavailable; retry shortly.", **{"Retry-After": "5"}
+        )
+    finally:
+        if not handed_over:
+            await reader.close()
