@@ -11,12 +11,12 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from celery import Celery, current_app
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -110,7 +110,9 @@ def outbox_cleanup(*, older_than: timedelta = timedelta(days=7)) -> int:
 # -- idempotency ------------------------------------------------------------------------
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-IN_FLIGHT_TAKEOVER = timedelta(minutes=5)  # a crashed first request must not block the key forever
+# Rows are only ever committed complete; an in-flight row comes from an older release
+# (one transaction per step) and is taken over after this long.
+IN_FLIGHT_TAKEOVER = timedelta(minutes=5)
 
 
 class IdempotencyInFlight(ConflictError):
@@ -142,52 +144,59 @@ def idempotent_execute(
     """Run ``operation`` once per (scope, key) within 24 h and replay its answer after.
 
     Same key and fingerprint → the first answer again; other fingerprint → 422; while
-    the first request is in flight → 409. If the operation raises, the key is freed so
-    the client can retry.
+    the first request is in flight → 409. One transaction holds the key (a transaction
+    level advisory lock), the operation's writes and the stored answer: a crash or an
+    exception anywhere before the commit leaves nothing behind (the client retries),
+    and after the commit a retry finds the answer. No ``in_flight`` row is ever
+    committed, so none can be left behind for a takeover to run the operation twice.
+    Inside a caller's transaction, that transaction is the unit.
     """
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
-    except IntegrityError:
-        existing = IdempotencyRecord.objects.get(scope=scope, key=key)
-        expired = existing.created_at < now - IDEMPOTENCY_TTL
-        abandoned = existing.status == IdempotencyRecord.Status.IN_FLIGHT and existing.updated_at < now - (
-            IN_FLIGHT_TAKEOVER
-        )
-        if not (expired or abandoned):
+    with transaction.atomic():
+        if not _idempotency_lock(scope, key):
+            raise IdempotencyInFlight()
+        now = timezone.now()
+        existing = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
+        if existing is not None and not _idempotency_stale(existing, now):
             if existing.fingerprint != fingerprint:
-                raise IdempotencyMismatch() from None
+                raise IdempotencyMismatch()
             if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
-                raise IdempotencyInFlight() from None
+                raise IdempotencyInFlight()  # left by a release that committed the key first
             assert existing.response_status is not None
             return StoredResponse(existing.response_status, existing.response_body, existing.response_headers, True)
-        # Take the stale record over, conditionally, so two takers cannot both win.
-        taken = IdempotencyRecord.objects.filter(pk=existing.pk, updated_at=existing.updated_at).update(
-            fingerprint=fingerprint,
-            status=IdempotencyRecord.Status.IN_FLIGHT,
-            created_at=now,
-            updated_at=now,
-            response_status=None,
-            response_body=None,
-            response_headers={},
-        )
-        if not taken:
-            raise IdempotencyInFlight() from None
-        record = IdempotencyRecord.objects.get(pk=existing.pk)
-    try:
         status, body, headers = operation()
-    except BaseException:
-        IdempotencyRecord.objects.filter(pk=record.pk).delete()
-        raise
-    IdempotencyRecord.objects.filter(pk=record.pk).update(
-        status=IdempotencyRecord.Status.COMPLETE,
-        response_status=status,
-        response_body=body,
-        response_headers=headers,
-        updated_at=timezone.now(),
-    )
+        fields = {
+            "fingerprint": fingerprint,
+            "status": IdempotencyRecord.Status.COMPLETE,
+            "response_status": status,
+            "response_body": body,
+            "response_headers": headers,
+        }
+        if existing is None:
+            try:  # no savepoint: on a conflict the whole transaction rolls back anyway
+                IdempotencyRecord.objects.create(scope=scope, key=key, **fields)
+            except IntegrityError:  # only a process that skips the lock (an older release) gets here
+                raise IdempotencyInFlight() from None
+        else:
+            IdempotencyRecord.objects.filter(pk=existing.pk).update(created_at=now, updated_at=now, **fields)
     return StoredResponse(status, body, headers, False)
+
+
+def _idempotency_lock(scope: str, key: str) -> bool:
+    """Take the key for this transaction, or learn that another transaction holds it.
+
+    A lock, not the unique row, decides who runs: a second INSERT of the same key
+    would wait for the first transaction instead of answering 409 at once.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [f"idempotency:{scope}:{key}"])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _idempotency_stale(record: IdempotencyRecord, now: datetime) -> bool:
+    expired = record.created_at < now - IDEMPOTENCY_TTL
+    abandoned = record.status == IdempotencyRecord.Status.IN_FLIGHT and record.updated_at < now - IN_FLIGHT_TAKEOVER
+    return expired or abandoned
 
 
 def idempotency_cleanup() -> int:
