@@ -77,7 +77,7 @@ def test_fifty_concurrent_requests_with_one_key_make_one_task(tenant: Any) -> No
     assert set(statuses) <= {202, 409}, statuses
     assert {code for status, code, _ in results if status == 409} <= {"idempotency_in_flight"}
     accepted = [(task_id, replayed) for status, task_id, replayed in results if status == 202]
-    assert sorted(replayed for _, replayed in accepted).count("false") == 1
+    assert [replayed for _, replayed in accepted].count("false") == 1  # one ran, the others replayed
     task = AITask.objects.get()
     assert {task_id for task_id, _ in accepted} == {str(task.id)}
     assert Reservation.objects.filter(task_id=task.id).count() == Reservation.objects.count() == 1
