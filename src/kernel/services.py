@@ -1,8 +1,10 @@
-"""Kernel services: the transactional outbox and idempotent request execution.
+"""Kernel services: the transactional outbox, its dead letters and idempotent request
+execution.
 
 The outbox: ``event_publish`` must run inside the caller's transaction; the relay
 publishes committed events to Celery, one ``kernel.handle_event`` message per
-subscriber, and marks them published only after the broker accepted them.
+subscriber, and marks them published only after the broker accepted them. An event a
+subscriber cannot handle after its last attempt becomes an ``EventDeadLetter``.
 """
 
 from __future__ import annotations
@@ -13,21 +15,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import structlog
 from celery import Celery, current_app
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from pydantic import ValidationError
 
 from contracts.events import EVENT_TYPES, DomainEvent
-from kernel.errors import ConflictError, DomainError
-from kernel.models import IdempotencyRecord, OutboxEvent
+from kernel.errors import ConflictError, DomainError, NotFoundError
+from kernel.models import EventDeadLetter, IdempotencyRecord, OutboxEvent
 
 log = structlog.get_logger(__name__)
 
 # -- outbox -----------------------------------------------------------------------------
 
+HANDLE_EVENT = "kernel.handle_event"
 _subscribers: dict[str, list[str]] = {}
 
 
@@ -78,7 +83,7 @@ def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
         for event in events:
             try:
                 for handler in event_subscribers(event.event_type):
-                    app.send_task("kernel.handle_event", args=[handler, event.event_type, event.payload])
+                    app.send_task(HANDLE_EVENT, args=[handler, event.event_type, event.payload])
             except Exception as exc:  # broker down: keep it for the next relay
                 OutboxEvent.objects.filter(pk=event.pk).update(
                     attempts=event.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:500]
@@ -90,14 +95,79 @@ def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
     return published
 
 
+class EventNotHandleable(Exception):
+    """No retry can help: this release does not know the event type, or the payload
+    does not validate. The event goes to the dead letters at once."""
+
+
 def event_handle(*, handler: str, event_type: str, payload: dict[str, Any]) -> None:
-    """Run one subscriber for one event (called by the ``kernel.handle_event`` task)."""
+    """Run one subscriber for one event (called by the ``kernel.handle_event`` task).
+
+    Raises ``EventNotHandleable`` for an event no retry can help, and whatever the
+    handler raises otherwise (the task retries it).
+    """
     event_class = EVENT_TYPES.get(event_type)
     if event_class is None:
-        log.error("unknown_event_type", event_type=event_type)
-        return
+        raise EventNotHandleable(f"unknown event type {event_type!r}")
+    try:
+        event = event_class.model_validate(payload)
+    except ValidationError as exc:
+        raise EventNotHandleable(str(exc)) from exc
     function: Callable[[DomainEvent], None] = import_string(handler)
-    function(event_class.model_validate(payload))
+    function(event)
+
+
+def event_dead_letter(*, handler: str, event_type: str, payload: dict[str, Any], attempts: int, error: str) -> None:
+    """Keep an event its subscriber gave up on, for the admin to replay.
+
+    One row per (event, handler): a delivery twice over, or a replay that fails again,
+    updates the row (and clears ``replayed_at``) instead of adding one.
+    """
+    event_id = _event_id(payload)
+    fields = {"event_type": event_type, "payload": payload, "attempts": attempts, "error": error[:2000]}
+    now = timezone.now()
+    if event_id is None:
+        EventDeadLetter.objects.create(handler=handler, failed_at=now, **fields)
+    else:
+        EventDeadLetter.objects.update_or_create(
+            event_id=event_id, handler=handler, defaults={**fields, "failed_at": now, "replayed_at": None}
+        )
+    log.error("event_dead_lettered", event_type=event_type, event_id=str(event_id), handler=handler, attempts=attempts)
+
+
+def _event_id(payload: dict[str, Any]) -> UUID | None:
+    try:
+        return UUID(str(payload["event_id"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class EventDeadLetterNotFound(NotFoundError):
+    default_detail = "Event dead letter not found."
+
+
+class BrokerUnavailable(DomainError):
+    status_code = 503
+    code = "broker_unavailable"
+    default_detail = "The broker did not accept the event; try again."
+
+
+def event_dead_letter_replay(*, dead_letter_id: int, app: Celery | None = None) -> None:
+    """Send a dead-lettered event to its handler again, with a fresh retry count.
+
+    Marked, then sent, in one transaction holding the row: a broker outage rolls the
+    mark back, and a worker that fails the replay at once waits for this commit before
+    it records the new failure (which clears the mark again).
+    """
+    with transaction.atomic():
+        letter = EventDeadLetter.objects.select_for_update().filter(pk=dead_letter_id).first()
+        if letter is None:
+            raise EventDeadLetterNotFound()
+        EventDeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
+        try:
+            (app or current_app).send_task(HANDLE_EVENT, args=[letter.handler, letter.event_type, letter.payload])
+        except Exception as exc:  # kombu raises a variety of connection errors
+            raise BrokerUnavailable(f"The broker did not accept the event ({type(exc).__name__}).") from exc
 
 
 def outbox_cleanup(*, older_than: timedelta = timedelta(days=7)) -> int:
