@@ -1,7 +1,9 @@
 """Domain events: what one context tells the others, through the transactional outbox.
 
 Every event has a stable ``event_type`` and a unique ``event_id`` so handlers can be
-idempotent. Add fields, never rename or remove them (consumers may lag a release).
+idempotent. Add fields, never rename or remove them (consumers may lag a release):
+events ignore fields they do not know, so a consumer one release behind still reads
+an event a newer producer wrote. Service inputs stay strict (``Contract``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from decimal import Decimal
 from typing import ClassVar
 from uuid import UUID, uuid4
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from contracts.base import Contract
 
 
 class DomainEvent(Contract):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
     event_type: ClassVar[str]
     event_id: UUID = Field(default_factory=uuid4)
     occurred_at: datetime

@@ -1,9 +1,14 @@
+"""Admin: the outbox, its dead letters (read-only, replay) and idempotency records."""
+
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from kernel.models import IdempotencyRecord, OutboxEvent
+from kernel import services
+from kernel.errors import DomainError
+from kernel.models import EventDeadLetter, IdempotencyRecord, OutboxEvent
 
 
 @admin.register(OutboxEvent)
@@ -15,6 +20,33 @@ class OutboxEventAdmin(admin.ModelAdmin[OutboxEvent]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(EventDeadLetter)
+class EventDeadLetterAdmin(admin.ModelAdmin[EventDeadLetter]):
+    list_display = ["event_type", "event_id", "handler", "attempts", "failed_at", "replayed_at"]
+    list_filter = ["event_type", "handler", "replayed_at"]
+    search_fields = ["event_id", "handler"]
+    ordering = ["-failed_at"]
+    readonly_fields = [field.name for field in EventDeadLetter._meta.fields]
+    actions = ["replay"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: EventDeadLetter | None = None) -> bool:
+        return False  # the record of what was lost stays; replay is the way out
+
+    @admin.action(description="Replay selected events", permissions=["change"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[EventDeadLetter]) -> None:
+        done = 0
+        for letter_id in queryset.values_list("id", flat=True):
+            try:
+                services.event_dead_letter_replay(dead_letter_id=letter_id)
+                done += 1
+            except DomainError as exc:
+                self.message_user(request, f"dead letter {letter_id}: {exc.detail}", messages.WARNING)
+        self.message_user(request, f"Replayed {done} event(s).", messages.SUCCESS)
 
 
 @admin.register(IdempotencyRecord)

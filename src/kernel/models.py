@@ -1,4 +1,4 @@
-"""Kernel tables: the transactional outbox and idempotency records."""
+"""Kernel tables: the transactional outbox, its dead letters and idempotency records."""
 
 from __future__ import annotations
 
@@ -26,6 +26,31 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id}"
+
+
+class EventDeadLetter(models.Model):
+    """An event one subscriber could not handle: its last retry failed, or no retry
+    could help (an event type or payload this release does not know). One row per
+    (event, handler); replay sends it to the handler again with a fresh retry count."""
+
+    event_id = models.UUIDField(null=True, blank=True)  # null: the payload had no valid id
+    event_type = models.CharField(max_length=100)
+    handler = models.CharField(max_length=255)
+    payload = models.JSONField()
+    attempts = models.PositiveIntegerField()
+    error = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    failed_at = models.DateTimeField()
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "handler"], name="event_dead_letter_event_handler_unique")
+        ]
+        indexes = [models.Index(fields=["-failed_at"], name="event_dead_letter_failed")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} for {self.handler}"
 
 
 class IdempotencyRecord(models.Model):

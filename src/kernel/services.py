@@ -1,8 +1,10 @@
-"""Kernel services: the transactional outbox and idempotent request execution.
+"""Kernel services: the transactional outbox, its dead letters and idempotent request
+execution.
 
 The outbox: ``event_publish`` must run inside the caller's transaction; the relay
 publishes committed events to Celery, one ``kernel.handle_event`` message per
-subscriber, and marks them published only after the broker accepted them.
+subscriber, and marks them published only after the broker accepted them. An event a
+subscriber cannot handle after its last attempt becomes an ``EventDeadLetter``.
 """
 
 from __future__ import annotations
@@ -11,23 +13,26 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import structlog
 from celery import Celery, current_app
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from pydantic import ValidationError
 
 from contracts.events import EVENT_TYPES, DomainEvent
-from kernel.errors import ConflictError, DomainError
-from kernel.models import IdempotencyRecord, OutboxEvent
+from kernel.errors import ConflictError, DomainError, NotFoundError
+from kernel.models import EventDeadLetter, IdempotencyRecord, OutboxEvent
 
 log = structlog.get_logger(__name__)
 
 # -- outbox -----------------------------------------------------------------------------
 
+HANDLE_EVENT = "kernel.handle_event"
 _subscribers: dict[str, list[str]] = {}
 
 
@@ -78,7 +83,7 @@ def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
         for event in events:
             try:
                 for handler in event_subscribers(event.event_type):
-                    app.send_task("kernel.handle_event", args=[handler, event.event_type, event.payload])
+                    app.send_task(HANDLE_EVENT, args=[handler, event.event_type, event.payload])
             except Exception as exc:  # broker down: keep it for the next relay
                 OutboxEvent.objects.filter(pk=event.pk).update(
                     attempts=event.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:500]
@@ -90,14 +95,79 @@ def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
     return published
 
 
+class EventNotHandleable(Exception):
+    """No retry can help: this release does not know the event type, or the payload
+    does not validate. The event goes to the dead letters at once."""
+
+
 def event_handle(*, handler: str, event_type: str, payload: dict[str, Any]) -> None:
-    """Run one subscriber for one event (called by the ``kernel.handle_event`` task)."""
+    """Run one subscriber for one event (called by the ``kernel.handle_event`` task).
+
+    Raises ``EventNotHandleable`` for an event no retry can help, and whatever the
+    handler raises otherwise (the task retries it).
+    """
     event_class = EVENT_TYPES.get(event_type)
     if event_class is None:
-        log.error("unknown_event_type", event_type=event_type)
-        return
+        raise EventNotHandleable(f"unknown event type {event_type!r}")
+    try:
+        event = event_class.model_validate(payload)
+    except ValidationError as exc:
+        raise EventNotHandleable(str(exc)) from exc
     function: Callable[[DomainEvent], None] = import_string(handler)
-    function(event_class.model_validate(payload))
+    function(event)
+
+
+def event_dead_letter(*, handler: str, event_type: str, payload: dict[str, Any], attempts: int, error: str) -> None:
+    """Keep an event its subscriber gave up on, for the admin to replay.
+
+    One row per (event, handler): a delivery twice over, or a replay that fails again,
+    updates the row (and clears ``replayed_at``) instead of adding one.
+    """
+    event_id = _event_id(payload)
+    fields = {"event_type": event_type, "payload": payload, "attempts": attempts, "error": error[:2000]}
+    now = timezone.now()
+    if event_id is None:
+        EventDeadLetter.objects.create(handler=handler, failed_at=now, **fields)
+    else:
+        EventDeadLetter.objects.update_or_create(
+            event_id=event_id, handler=handler, defaults={**fields, "failed_at": now, "replayed_at": None}
+        )
+    log.error("event_dead_lettered", event_type=event_type, event_id=str(event_id), handler=handler, attempts=attempts)
+
+
+def _event_id(payload: dict[str, Any]) -> UUID | None:
+    try:
+        return UUID(str(payload["event_id"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class EventDeadLetterNotFound(NotFoundError):
+    default_detail = "Event dead letter not found."
+
+
+class BrokerUnavailable(DomainError):
+    status_code = 503
+    code = "broker_unavailable"
+    default_detail = "The broker did not accept the event; try again."
+
+
+def event_dead_letter_replay(*, dead_letter_id: int, app: Celery | None = None) -> None:
+    """Send a dead-lettered event to its handler again, with a fresh retry count.
+
+    Marked, then sent, in one transaction holding the row: a broker outage rolls the
+    mark back, and a worker that fails the replay at once waits for this commit before
+    it records the new failure (which clears the mark again).
+    """
+    with transaction.atomic():
+        letter = EventDeadLetter.objects.select_for_update().filter(pk=dead_letter_id).first()
+        if letter is None:
+            raise EventDeadLetterNotFound()
+        EventDeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
+        try:
+            (app or current_app).send_task(HANDLE_EVENT, args=[letter.handler, letter.event_type, letter.payload])
+        except Exception as exc:  # kombu raises a variety of connection errors
+            raise BrokerUnavailable(f"The broker did not accept the event ({type(exc).__name__}).") from exc
 
 
 def outbox_cleanup(*, older_than: timedelta = timedelta(days=7)) -> int:
@@ -110,7 +180,9 @@ def outbox_cleanup(*, older_than: timedelta = timedelta(days=7)) -> int:
 # -- idempotency ------------------------------------------------------------------------
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-IN_FLIGHT_TAKEOVER = timedelta(minutes=5)  # a crashed first request must not block the key forever
+# Rows are only ever committed complete; an in-flight row comes from an older release
+# (one transaction per step) and is taken over after this long.
+IN_FLIGHT_TAKEOVER = timedelta(minutes=5)
 
 
 class IdempotencyInFlight(ConflictError):
@@ -142,52 +214,59 @@ def idempotent_execute(
     """Run ``operation`` once per (scope, key) within 24 h and replay its answer after.
 
     Same key and fingerprint → the first answer again; other fingerprint → 422; while
-    the first request is in flight → 409. If the operation raises, the key is freed so
-    the client can retry.
+    the first request is in flight → 409. One transaction holds the key (a transaction
+    level advisory lock), the operation's writes and the stored answer: a crash or an
+    exception anywhere before the commit leaves nothing behind (the client retries),
+    and after the commit a retry finds the answer. No ``in_flight`` row is ever
+    committed, so none can be left behind for a takeover to run the operation twice.
+    Inside a caller's transaction, that transaction is the unit.
     """
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
-    except IntegrityError:
-        existing = IdempotencyRecord.objects.get(scope=scope, key=key)
-        expired = existing.created_at < now - IDEMPOTENCY_TTL
-        abandoned = existing.status == IdempotencyRecord.Status.IN_FLIGHT and existing.updated_at < now - (
-            IN_FLIGHT_TAKEOVER
-        )
-        if not (expired or abandoned):
+    with transaction.atomic():
+        if not _idempotency_lock(scope, key):
+            raise IdempotencyInFlight()
+        now = timezone.now()
+        existing = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
+        if existing is not None and not _idempotency_stale(existing, now):
             if existing.fingerprint != fingerprint:
-                raise IdempotencyMismatch() from None
+                raise IdempotencyMismatch()
             if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
-                raise IdempotencyInFlight() from None
+                raise IdempotencyInFlight()  # left by a release that committed the key first
             assert existing.response_status is not None
             return StoredResponse(existing.response_status, existing.response_body, existing.response_headers, True)
-        # Take the stale record over, conditionally, so two takers cannot both win.
-        taken = IdempotencyRecord.objects.filter(pk=existing.pk, updated_at=existing.updated_at).update(
-            fingerprint=fingerprint,
-            status=IdempotencyRecord.Status.IN_FLIGHT,
-            created_at=now,
-            updated_at=now,
-            response_status=None,
-            response_body=None,
-            response_headers={},
-        )
-        if not taken:
-            raise IdempotencyInFlight() from None
-        record = IdempotencyRecord.objects.get(pk=existing.pk)
-    try:
         status, body, headers = operation()
-    except BaseException:
-        IdempotencyRecord.objects.filter(pk=record.pk).delete()
-        raise
-    IdempotencyRecord.objects.filter(pk=record.pk).update(
-        status=IdempotencyRecord.Status.COMPLETE,
-        response_status=status,
-        response_body=body,
-        response_headers=headers,
-        updated_at=timezone.now(),
-    )
+        fields = {
+            "fingerprint": fingerprint,
+            "status": IdempotencyRecord.Status.COMPLETE,
+            "response_status": status,
+            "response_body": body,
+            "response_headers": headers,
+        }
+        if existing is None:
+            try:  # no savepoint: on a conflict the whole transaction rolls back anyway
+                IdempotencyRecord.objects.create(scope=scope, key=key, **fields)
+            except IntegrityError:  # only a process that skips the lock (an older release) gets here
+                raise IdempotencyInFlight() from None
+        else:
+            IdempotencyRecord.objects.filter(pk=existing.pk).update(created_at=now, updated_at=now, **fields)
     return StoredResponse(status, body, headers, False)
+
+
+def _idempotency_lock(scope: str, key: str) -> bool:
+    """Take the key for this transaction, or learn that another transaction holds it.
+
+    A lock, not the unique row, decides who runs: a second INSERT of the same key
+    would wait for the first transaction instead of answering 409 at once.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [f"idempotency:{scope}:{key}"])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _idempotency_stale(record: IdempotencyRecord, now: datetime) -> bool:
+    expired = record.created_at < now - IDEMPOTENCY_TTL
+    abandoned = record.status == IdempotencyRecord.Status.IN_FLIGHT and record.updated_at < now - IN_FLIGHT_TAKEOVER
+    return expired or abandoned
 
 
 def idempotency_cleanup() -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
 
 from kernel import services
 
@@ -17,17 +18,32 @@ def relay_outbox_task() -> int:
     return total
 
 
-@shared_task(
-    name="kernel.handle_event",
-    ignore_result=True,
-    autoretry_for=(Exception,),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=8,
-)
-def handle_event_task(handler: str, event_type: str, payload: dict[str, Any]) -> None:
-    services.event_handle(handler=handler, event_type=event_type, payload=payload)
+# Retries of one subscriber for one event, then a dead letter. Always explicit:
+# ``self.retry(max_retries=None)`` means Celery's default (3), not "unlimited".
+EVENT_HANDLER_MAX_RETRIES = 8
+EVENT_RETRY_BACKOFF_S = 1  # exponential with full jitter: up to 1, 2, 4 … s
+EVENT_RETRY_BACKOFF_MAX_S = 300
+
+
+@shared_task(bind=True, name=services.HANDLE_EVENT, ignore_result=True, max_retries=EVENT_HANDLER_MAX_RETRIES)
+def handle_event_task(self: Task, handler: str, event_type: str, payload: dict[str, Any]) -> None:
+    try:
+        services.event_handle(handler=handler, event_type=event_type, payload=payload)
+    except Exception as exc:
+        retries = self.request.retries
+        if isinstance(exc, services.EventNotHandleable) or retries >= EVENT_HANDLER_MAX_RETRIES:
+            services.event_dead_letter(
+                handler=handler, event_type=event_type, payload=payload, attempts=retries + 1, error=_describe(exc)
+            )
+            return
+        countdown = get_exponential_backoff_interval(
+            EVENT_RETRY_BACKOFF_S, retries, EVENT_RETRY_BACKOFF_MAX_S, full_jitter=True
+        )
+        raise self.retry(exc=exc, countdown=countdown, max_retries=EVENT_HANDLER_MAX_RETRIES) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 @shared_task(name="kernel.cleanup_idempotency_keys", ignore_result=True)

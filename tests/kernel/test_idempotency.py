@@ -41,7 +41,9 @@ def test_other_body_is_422_and_other_scope_is_independent() -> None:
     assert len(calls) == 2
 
 
-def test_in_flight_is_409_until_abandoned() -> None:
+def test_a_row_left_in_flight_by_an_older_release_is_409_until_abandoned() -> None:
+    # This release never commits an in-flight row; one written by the previous release
+    # (key, task and answer in three transactions) may still be there after a deploy.
     IdempotencyRecord.objects.create(scope="org", key="k", fingerprint="f")
     run, calls = op()
     with pytest.raises(services.IdempotencyInFlight):
