@@ -7,21 +7,40 @@ export PYTHONPATH := src:.
 # Tests always run with the test settings, whatever DJANGO_SETTINGS_MODULE the shell has.
 PYTEST := $(BIN)/pytest --ds=config.settings_test
 
-.PHONY: help venv run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench clean
+# The lock (scripts/lock.py): every dependency, direct and transitive, pinned with hashes.
+# `make lock` writes it from pyproject.toml; the venv installs it and nothing else.
+LOCK := requirements/runtime.txt requirements/dev.txt
+
+.PHONY: help venv lock lock-check lint-docker run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench clean
 
 help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
 	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, the whole pytest suite"
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
 	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks"
+	@echo "make lock    - re-resolve requirements/*.txt from pyproject.toml (after adding or changing a pin)"
 
-$(BIN)/.installed: pyproject.toml
+# Exactly the locked files: hashes checked, no resolution, wheels only (no compiler, no build
+# step fetching unpinned tools). pip is the one the interpreter's venv ships; the project itself
+# is not installed (the code runs from the work tree; it has no packages of its own to install).
+# Re-runs when the lock changes; never uninstalls, so a shared venv keeps what it has.
+$(BIN)/.installed: $(LOCK)
 	@PY=$$(scripts/find-python.sh) && { [ -x $(BIN)/python ] || "$$PY" -m venv $(VENV); }
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary :all: -r requirements/dev.txt
 	@touch $@
 
 venv: $(BIN)/.installed
+
+# Network (the package index). LOCK_ARGS=--upgrade moves every pin, --upgrade-package NAME one.
+lock: venv
+	$(BIN)/python scripts/lock.py $(LOCK_ARGS)
+
+# Offline: fails when pyproject.toml's dependencies changed since `make lock`.
+lock-check:
+	@"$$(scripts/find-python.sh)" scripts/lock.py --check
+
+lint-docker: venv
+	$(BIN)/hadolint Dockerfile
 
 run: venv
 	@scripts/run.sh
@@ -56,11 +75,11 @@ pytest-slow: venv
 	scripts/ensure-services.sh
 	$(PYTEST) -m slow $(PYTEST_ARGS)
 
-test-fast: lint typecheck imports openapi-check pytest
+test-fast: lock-check lint lint-docker typecheck imports openapi-check pytest
 
 test-slow: pytest-slow
 
-test: lint typecheck imports openapi-check
+test: lock-check lint lint-docker typecheck imports openapi-check
 	scripts/ensure-services.sh
 	$(PYTEST) --create-db $(PYTEST_ARGS)
 
