@@ -88,15 +88,16 @@ def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
 
 @pytest.fixture
 def start_beat(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """The beat role, with the sweeper every second instead of every 30 s."""
+    """The beat role, with the sweeper every second instead of every 30 s (unless the test
+    passes its own SWEEPER_INTERVAL_S)."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(**env: str) -> subprocess.Popen[bytes]:
         log = (tmp_path / "beat.log").open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "beat", "--schedule", str(tmp_path / "beat-schedule")],
             cwd=ROOT,
-            env=process_env(SWEEPER_INTERVAL_S="1"),
+            env=process_env(**{"SWEEPER_INTERVAL_S": "1", **env}),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -96,7 +96,7 @@ def task_execute(*, task_id: UUID) -> Outcome:
 
 def _attempt(task: AITask) -> Outcome:
     release_connection()  # nothing below holds a connection while the provider answers
-    streams.publish(task.id, "attempt", {"attempt": task.attempts})
+    streams.publish_attempt(task.id, task.attempts)  # clients drop deltas of earlier attempts
     publish_status(task)
     request = CompletionRequest.from_prompt(
         task.prompt, model=task.model, max_tokens=task.max_tokens, attempt=task.attempts
@@ -153,7 +153,7 @@ def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[
     for event in events:
         if isinstance(event, TextDelta):
             produced.append(event.text)
-            streams.publish(task.id, "delta", {"text": event.text, "attempt": task.attempts})
+            streams.publish_delta(task.id, event.text, attempt=task.attempts)
         elif isinstance(event, Completion):
             completion = event
     if completion is None:

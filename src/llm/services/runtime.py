@@ -66,6 +66,7 @@ class _Pool:
 @dataclass(eq=False)
 class Runtime:
     pid: int = field(default_factory=os.getpid)
+    autostart: bool = True  # False: no thread, the steps are called by hand (tests)
     pool: _Pool | None = None
     abandoned: int = 0
     _calls: dict[UUID, Call] = field(default_factory=dict)
@@ -124,6 +125,8 @@ class Runtime:
 
     # -- the keeper thread -------------------------------------------------------------
     def _start(self) -> None:
+        if not self.autostart:
+            return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
