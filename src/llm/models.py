@@ -59,6 +59,11 @@ class AITask(models.Model):
     webhook_attempts = models.PositiveIntegerField(default=0)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
     webhook_last_error = models.TextField(blank=True, default="")
+    # A delivery holds the webhook until this time (one POST at a time); the next attempt
+    # is not due before webhook_next_at (its backoff), which is also when the sweeper
+    # looks for a retry message that was lost.
+    webhook_claimed_until = models.DateTimeField(null=True, blank=True)
+    webhook_next_at = models.DateTimeField(null=True, blank=True)
 
     attempts = models.PositiveIntegerField(default=0)
     lease_token = models.UUIDField(null=True, blank=True)
@@ -78,6 +83,10 @@ class AITask(models.Model):
             models.Index(fields=["organization", "status", "-created_at", "-id"], name="aitask_org_status_created"),
             models.Index(
                 fields=["status", "created_at"], name="aitask_open", condition=Q(status__in=["pending", "processing"])
+            ),
+            # The sweeper's stranded-webhook scan: only the (few) pending webhooks.
+            models.Index(
+                fields=["webhook_next_at"], name="aitask_webhook_pending", condition=Q(webhook_status="pending")
             ),
         ]
         constraints = [

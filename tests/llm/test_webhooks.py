@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 from llm import services
 from llm.models import AITask, DeadLetter
+from llm.services.webhooks import _Refused, is_public_address, pin_destination
 
 pytestmark = pytest.mark.django_db
 
@@ -148,12 +154,239 @@ def test_redirects_are_not_followed(receiver, finished) -> None:
 
 
 def test_sweeper_resends_a_webhook_that_was_never_enqueued(receiver, finished, settings) -> None:
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     task_id = finished()  # enqueued on commit; pretend the broker was down at that moment
     AITask.objects.filter(id=task_id).update(completed_at=timezone.now() - timedelta(minutes=5))
     assert services.tasks_sweep().webhooks_requeued == 1
-    AITask.objects.filter(id=task_id).update(webhook_attempts=1)  # tried once: in its retry back-off
+    assert services.tasks_sweep().webhooks_requeued == 0  # re-sent at most once per grace period
+
+
+def test_sweeper_resends_a_lost_retry_after_its_backoff_only(receiver, finished) -> None:
+    receiver.statuses = [500]
+    task_id = uuid.UUID(finished())
+    AITask.objects.filter(id=task_id).update(completed_at=timezone.now() - timedelta(minutes=5))
+    assert services.webhook_deliver(task_id=task_id).kind == "retry"
+    AITask.objects.filter(id=task_id).update(webhook_next_at=timezone.now() + timedelta(minutes=10))
+    assert services.tasks_sweep().webhooks_requeued == 0  # in its backoff: the retry message is on its way
+    AITask.objects.filter(id=task_id).update(webhook_next_at=timezone.now() - timedelta(minutes=5))
+    assert services.tasks_sweep().webhooks_requeued == 1  # due long ago: its retry message was lost
     assert services.tasks_sweep().webhooks_requeued == 0
+    assert services.webhook_deliver(task_id=task_id).kind == "delivered"
+    assert AITask.objects.get(id=task_id).webhook_attempts == 2
+
+
+def test_sweeper_leaves_a_webhook_being_delivered_alone(receiver, finished) -> None:
+    task_id = finished()
+    old = timezone.now() - timedelta(minutes=5)
+    AITask.objects.filter(id=task_id).update(
+        completed_at=old, webhook_next_at=old, webhook_claimed_until=timezone.now() + timedelta(seconds=30)
+    )
+    assert services.tasks_sweep().webhooks_requeued == 0
+
+
+def test_a_retry_message_arriving_before_its_backoff_does_not_post(receiver, finished, settings) -> None:
+    settings.WEBHOOK_RETRY_BACKOFF_S, settings.WEBHOOK_RETRY_BACKOFF_MAX_S = 10.0, 3600.0  # the defaults
+    receiver.statuses = [500]
+    task_id = uuid.UUID(finished())
+    outcome = services.webhook_deliver(task_id=task_id)
+    assert outcome.kind == "retry" and outcome.countdown is not None and outcome.countdown >= 5
+    assert services.webhook_deliver(task_id=task_id).kind == "skipped"  # a duplicate of the first message
+    assert len(receiver.requests) == 1
+    assert AITask.objects.get(id=task_id).webhook_attempts == 1
+
+
+# -- one delivery at a time -------------------------------------------------------------------
+
+
+class SlowReceiver(Receiver):
+    """Answers after a pause, so two deliveries overlap."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        handler = self.server.RequestHandlerClass
+        original = handler.do_POST  # type: ignore[attr-defined]
+
+        def slow(handler_self: BaseHTTPRequestHandler) -> None:
+            time.sleep(self.delay)
+            original(handler_self)
+
+        handler.do_POST = slow  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_deliveries_post_once(make_tenant, settings) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    server = SlowReceiver(delay=1.0)
+    try:
+        tenant = make_tenant()
+        task_id = tenant.client.post(
+            "/api/v1/ai-tasks/", {"prompt": "Twice? #fake:tokens=1,1", "callback_url": server.url}, format="json"
+        ).json()["id"]
+        services.task_execute(task_id=uuid.UUID(task_id))
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def deliver() -> None:
+            barrier.wait()
+            try:
+                outcomes.append(services.webhook_deliver(task_id=uuid.UUID(task_id)).kind)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=deliver) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        server.server.shutdown()
+    assert sorted(outcomes) == ["delivered", "skipped"]
+    assert len(server.requests) == 1
+    task = AITask.objects.get(id=task_id)
+    assert (task.webhook_status, task.webhook_attempts, task.webhook_claimed_until) == ("delivered", 1, None)
+
+
+# -- where the POST goes (SSRF) ---------------------------------------------------------------
+
+
+class ScriptedResolver:
+    """DNS as an attacker runs it: a different answer on each lookup."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.calls: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append(host)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_rebinding_dns_never_reaches_the_second_answer(receiver, finished, settings) -> None:
+    """The name is vetted on a public answer; a second lookup would answer loopback,
+    where the receiver listens. The POST goes to the vetted address, so loopback never
+    sees it (the public address is unreachable from here: a connection error, retried)."""
+    task_id = uuid.UUID(finished())
+    port = receiver.server.server_address[1]
+    AITask.objects.filter(id=task_id).update(callback_url=f"http://rebind.example.com:{port}/hooks")
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    settings.WEBHOOK_TIMEOUT_S = 0.5
+    resolver = ScriptedResolver(["192.0.43.10"], ["127.0.0.1"])
+    assert services.webhook_deliver(task_id=task_id, resolve=resolver).kind == "retry"
+    assert receiver.requests == []
+    assert resolver.calls == ["rebind.example.com"]  # resolved once, by us
+
+
+def test_the_request_goes_to_the_resolved_address_with_the_name_as_host(receiver, finished) -> None:
+    task_id = uuid.UUID(finished())
+    port = receiver.server.server_address[1]
+    AITask.objects.filter(id=task_id).update(callback_url=f"http://hooks.customer.test:{port}/in?x=1")
+    resolver = ScriptedResolver(["127.0.0.1"], ["192.0.2.1"])
+    assert services.webhook_deliver(task_id=task_id, resolve=resolver).kind == "delivered"
+    ((headers, _),) = receiver.requests
+    assert headers["Host"] == f"hooks.customer.test:{port}"
+
+
+def test_https_keeps_the_name_for_tls_sni_and_certificate_checks(settings) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    pinned = pin_destination("https://hooks.customer.test/in", resolve=lambda host, port: ["2606:4700::1111"])
+    assert pinned.url == "https://[2606:4700::1111]/in"
+    assert pinned.headers == {"Host": "hooks.customer.test"}
+    assert pinned.extensions == {"sni_hostname": "hooks.customer.test"}
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.5",
+        "169.254.169.254",
+        "100.64.0.1",
+        "::1",
+        "fe80::1%eth0",
+        "fd00::1",
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "64:ff9b:1::a00:5",  # local-use NAT64 prefix
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:a00:5::1",  # 6to4 of 10.0.0.5
+        "::ffff:127.0.0.1",  # IPv4-mapped
+        "::ffff:10.0.0.5",
+        "::127.0.0.1",  # IPv4-compatible
+    ],
+)
+def test_private_and_embedded_private_addresses_are_refused(address: str, settings) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    assert not is_public_address(ipaddress.ip_address(address.split("%")[0]))
+    with pytest.raises(_Refused):
+        pin_destination("https://hooks.customer.test/in", resolve=lambda host, port: [address])
+
+
+def test_one_private_answer_among_public_ones_is_refused(settings) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    with pytest.raises(_Refused):
+        pin_destination("http://hooks.customer.test/", resolve=lambda host, port: ["8.8.8.8", "64:ff9b::a00:1"])
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700::1111", "64:ff9b::808:808", "::ffff:8.8.8.8"])
+def test_public_addresses_pass(address: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address))
+
+
+def test_an_ip_literal_callback_is_vetted_without_dns(settings) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+
+    def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError("an IP literal needs no lookup")
+
+    with pytest.raises(_Refused):
+        pin_destination("http://[64:ff9b::7f00:1]:8080/", resolve=no_dns)
+    assert pin_destination("http://8.8.8.8/x", resolve=no_dns).headers == {"Host": "8.8.8.8"}
+
+
+# -- signing secrets and rotation ----------------------------------------------------------
+
+
+def parse_signature(header: str) -> tuple[str, list[str]]:
+    parts = [part.split("=", 1) for part in header.split(",")]
+    (t_key, timestamp), *signatures = parts
+    assert t_key == "t" and all(key == "v1" for key, _ in signatures)
+    return timestamp, [value for _, value in signatures]
+
+
+def verify(secret: str, header: str, body: bytes) -> bool:
+    """What a receiver does (docs/webhooks.md): accept if any v1 matches."""
+    timestamp, signatures = parse_signature(header)
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, signature) for signature in signatures)
+
+
+def test_rotation_signs_with_both_secrets_newest_first(tenant, receiver, finished, settings) -> None:
+    org = uuid.UUID(tenant.organization_id)
+    old_secret = services.webhook_secret(organization_id=org)
+    settings.WEBHOOK_SIGNING_SECRETS = ["a-brand-new-master-secret-of-enough-length", *settings.WEBHOOK_SIGNING_SECRETS]
+    new_secret = services.webhook_secret(organization_id=org)
+    assert services.webhook_secrets(organization_id=org) == [new_secret, old_secret]
+    task_id = uuid.UUID(finished())
+    assert services.webhook_deliver(task_id=task_id).kind == "delivered"
+    ((headers, body),) = receiver.requests
+    _, signatures = parse_signature(headers["Switchyard-Signature"])
+    assert len(signatures) == 2
+    assert verify(old_secret, headers["Switchyard-Signature"], body)  # receivers not yet updated
+    assert verify(new_secret, headers["Switchyard-Signature"], body)
+    assert not verify("whsec_" + "0" * 64, headers["Switchyard-Signature"], body)
+
+
+def test_the_signing_secret_is_not_derived_from_secret_key(tenant, settings) -> None:
+    org = uuid.UUID(tenant.organization_id)
+    before = services.webhook_secret(organization_id=org)
+    settings.SECRET_KEY = "a-completely-different-secret-key-for-this-test"
+    assert services.webhook_secret(organization_id=org) == before
+
+
+def test_webhook_secret_command_prints_every_active_secret(tenant, capsys, settings) -> None:
+    from django.core.management import call_command
+
+    settings.WEBHOOK_SIGNING_SECRETS = ["a-brand-new-master-secret-of-enough-length", *settings.WEBHOOK_SIGNING_SECRETS]
+    call_command("webhook_secret", tenant.issued.organization_name, "--all")
+    org = uuid.UUID(tenant.organization_id)
+    assert capsys.readouterr().out.split() == services.webhook_secrets(organization_id=org)

@@ -15,7 +15,13 @@ from llm.services.submit import (
     task_submit,
 )
 from llm.services.sweeper import SweepReport, tasks_sweep
-from llm.services.webhooks import WebhookOutcome, webhook_deliver, webhook_secret, webhook_signature
+from llm.services.webhooks import (
+    WebhookOutcome,
+    webhook_deliver,
+    webhook_secret,
+    webhook_secrets,
+    webhook_signature,
+)
 
 __all__ = [
     "Outcome",
@@ -36,5 +42,6 @@ __all__ = [
     "tasks_sweep",
     "webhook_deliver",
     "webhook_secret",
+    "webhook_secrets",
     "webhook_signature",
 ]
