@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import threading
 import time
@@ -20,7 +19,7 @@ from django.utils import timezone
 
 from llm import services
 from llm.models import AITask, DeadLetter
-from llm.services.webhooks import _Refused, is_public_address, pin_destination
+from tests.llm.test_webhook_destinations import ScriptedResolver
 
 pytestmark = pytest.mark.django_db
 
@@ -249,18 +248,6 @@ def test_two_concurrent_deliveries_post_once(make_tenant, settings) -> None:
 # -- where the POST goes (SSRF) ---------------------------------------------------------------
 
 
-class ScriptedResolver:
-    """DNS as an attacker runs it: a different answer on each lookup."""
-
-    def __init__(self, *answers: list[str]) -> None:
-        self.answers = list(answers)
-        self.calls: list[str] = []
-
-    def __call__(self, host: str, port: int) -> list[str]:
-        self.calls.append(host)
-        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-
-
 def test_rebinding_dns_never_reaches_the_second_answer(receiver, finished, settings) -> None:
     """The name is vetted on a public answer; a second lookup would answer loopback,
     where the receiver listens. The POST goes to the vetted address, so loopback never
@@ -284,63 +271,6 @@ def test_the_request_goes_to_the_resolved_address_with_the_name_as_host(receiver
     assert services.webhook_deliver(task_id=task_id, resolve=resolver).kind == "delivered"
     ((headers, _),) = receiver.requests
     assert headers["Host"] == f"hooks.customer.test:{port}"
-
-
-def test_https_keeps_the_name_for_tls_sni_and_certificate_checks(settings) -> None:
-    settings.WEBHOOK_ALLOW_PRIVATE = False
-    pinned = pin_destination("https://hooks.customer.test/in", resolve=lambda host, port: ["2606:4700::1111"])
-    assert pinned.url == "https://[2606:4700::1111]/in"
-    assert pinned.headers == {"Host": "hooks.customer.test"}
-    assert pinned.extensions == {"sni_hostname": "hooks.customer.test"}
-
-
-@pytest.mark.parametrize(
-    "address",
-    [
-        "127.0.0.1",
-        "10.0.0.5",
-        "169.254.169.254",
-        "100.64.0.1",
-        "::1",
-        "fe80::1%eth0",
-        "fd00::1",
-        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
-        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (cloud metadata)
-        "64:ff9b:1::a00:5",  # local-use NAT64 prefix
-        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
-        "2002:a00:5::1",  # 6to4 of 10.0.0.5
-        "::ffff:127.0.0.1",  # IPv4-mapped
-        "::ffff:10.0.0.5",
-        "::127.0.0.1",  # IPv4-compatible
-    ],
-)
-def test_private_and_embedded_private_addresses_are_refused(address: str, settings) -> None:
-    settings.WEBHOOK_ALLOW_PRIVATE = False
-    assert not is_public_address(ipaddress.ip_address(address.split("%")[0]))
-    with pytest.raises(_Refused):
-        pin_destination("https://hooks.customer.test/in", resolve=lambda host, port: [address])
-
-
-def test_one_private_answer_among_public_ones_is_refused(settings) -> None:
-    settings.WEBHOOK_ALLOW_PRIVATE = False
-    with pytest.raises(_Refused):
-        pin_destination("http://hooks.customer.test/", resolve=lambda host, port: ["8.8.8.8", "64:ff9b::a00:1"])
-
-
-@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700::1111", "64:ff9b::808:808", "::ffff:8.8.8.8"])
-def test_public_addresses_pass(address: str) -> None:
-    assert is_public_address(ipaddress.ip_address(address))
-
-
-def test_an_ip_literal_callback_is_vetted_without_dns(settings) -> None:
-    settings.WEBHOOK_ALLOW_PRIVATE = False
-
-    def no_dns(host: str, port: int) -> list[str]:
-        raise AssertionError("an IP literal needs no lookup")
-
-    with pytest.raises(_Refused):
-        pin_destination("http://[64:ff9b::7f00:1]:8080/", resolve=no_dns)
-    assert pin_destination("http://8.8.8.8/x", resolve=no_dns).headers == {"Host": "8.8.8.8"}
 
 
 # -- signing secrets and rotation ----------------------------------------------------------

@@ -138,8 +138,14 @@ def pin_destination(url: str, *, resolve: Resolver = system_resolve) -> PinnedRe
     first one. Raises _Refused for a non-public destination, ConnectionError when the
     name does not resolve."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        # The ASCII (IDNA) form goes into DNS, Host and SNI.
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except (UnicodeError, ValueError) as exc:
+        raise _Refused(f"malformed callback URL ({type(exc).__name__})") from exc
+    if parts.scheme not in {"http", "https"} or not host:
+        raise _Refused("malformed callback URL")
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
@@ -218,7 +224,7 @@ def webhook_deliver(*, task_id: UUID, resolve: Resolver = system_resolve) -> Web
         error = f"HTTP {response.status_code}"
     except _Refused as exc:
         return _give_up(task, attempts, f"refused: {exc}")
-    except (httpx.HTTPError, ConnectionError, OSError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ConnectionError, OSError) as exc:
         error = f"{type(exc).__name__}"
     if attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
         return _give_up(task, attempts, error)
