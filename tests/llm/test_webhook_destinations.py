@@ -93,3 +93,9 @@ def test_an_ip_literal_callback_is_vetted_without_dns(settings) -> None:
     with pytest.raises(_Refused):
         pin_destination("http://[64:ff9b::7f00:1]:8080/", resolve=no_dns)
     assert pin_destination("http://8.8.8.8/x", resolve=no_dns).headers == {"Host": "8.8.8.8"}
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2"])
+def test_tunnel_prefixes_are_refused_whatever_they_embed(address: str) -> None:
+    """6to4 and Teredo are relays to somewhere else; no receiver needs them."""
+    assert not is_public_address(ipaddress.ip_address(address))
