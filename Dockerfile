@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image runs every role of SPEC §2: `docker run switchyard <role>` (bin/switchyard).
 #   docker build -t switchyard .
-#   docker run --rm -e SECRET_KEY=... -e ALLOWED_HOSTS=... -e DATABASE_URL=... -e REDIS_URL=... switchyard web
+#   docker run --rm -e SECRET_KEY=... -e WEBHOOK_SIGNING_SECRETS=... -e METRICS_TOKEN=... \
+#     -e ALLOWED_HOSTS=... -e DATABASE_URL=... -e REDIS_URL=... switchyard web
 
 ARG PYTHON_IMAGE=python:3.13-slim
 
@@ -36,8 +37,11 @@ COPY bin ./bin
 COPY contracts ./contracts
 COPY src ./src
 # Static files are collected at build time (WhiteNoise serves them). The settings need a
-# SECRET_KEY and ALLOWED_HOSTS to load with DEBUG off; these values exist only in this step.
+# SECRET_KEY, ALLOWED_HOSTS, WEBHOOK_SIGNING_SECRETS and METRICS_TOKEN to load with DEBUG
+# off; these values exist only in this step.
 RUN SECRET_KEY=collectstatic-only-build-time-key-not-used-at-run-time ALLOWED_HOSTS=localhost \
+        WEBHOOK_SIGNING_SECRETS=collectstatic-only-build-time-webhook-secret \
+        METRICS_TOKEN=collectstatic-only-build-time-metrics-token \
         bin/switchyard manage collectstatic --noinput --verbosity 0 \
     && python -m compileall -q src contracts
 USER 10001:10001

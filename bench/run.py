@@ -36,6 +36,8 @@ ENV = {
     "DJANGO_SETTINGS_MODULE": "config.settings",
     "DEBUG": "false",
     "SECRET_KEY": "bench-secret-key-bench-secret-key-bench-secret-key",
+    "WEBHOOK_SIGNING_SECRETS": "bench-webhook-secret-bench-webhook-secret",
+    "METRICS_TOKEN": "bench-metrics-token-bench-metrics-token",
     "ALLOWED_HOSTS": "127.0.0.1,localhost",
     "DATABASE_URL": f"postgres:///{DB}",
     "REDIS_URL": "redis://127.0.0.1:6379/10",

@@ -26,6 +26,19 @@ for port in "$PORT" "$STREAM_PORT"; do
   fi
 done
 
+# Secrets of this machine, made once and kept under .local/ (mode 600): the webhook
+# signing secret stays the same across runs, and /metrics answers only with the token.
+if [ ! -s "$LOCAL_DIR/secrets" ]; then
+  (
+    umask 077
+    .venv/bin/python -c 'import secrets
+for name in ("WEBHOOK_SIGNING_SECRETS", "METRICS_TOKEN"):
+    print(f"export {name}=${{{name}:-{secrets.token_urlsafe(40)}}}")' >"$LOCAL_DIR/secrets"
+  )
+fi
+# shellcheck source=/dev/null
+. "$LOCAL_DIR/secrets"
+
 .venv/bin/python scripts/services.py ensure --env-file "$LOCAL_DIR/env"
 # shellcheck source=/dev/null
 . "$LOCAL_DIR/env" # export lines: the URLs services.py made sure answer
@@ -46,6 +59,7 @@ Try:
   curl -X POST -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\
        -d '{"prompt": "Write a haiku about switchyards"}' $web/api/v1/ai-tasks/
   curl -N -H "Authorization: Bearer $key" http://127.0.0.1:$STREAM_PORT/api/v1/ai-tasks/<id>/events/
+  (. $LOCAL_DIR/secrets && curl -H "Authorization: Bearer \$METRICS_TOKEN" $web/metrics)
 Ctrl-C stops every process.
 
 EOF

@@ -30,6 +30,8 @@ PRODUCTION = {
     "DJANGO_SETTINGS_MODULE": "config.settings",
     "DEBUG": "false",
     "SECRET_KEY": GOOD_SECRET,
+    "WEBHOOK_SIGNING_SECRETS": secrets.token_urlsafe(40),
+    "METRICS_TOKEN": secrets.token_urlsafe(40),
     "ALLOWED_HOSTS": "api.example.com",
     "LLM_PROVIDER": "fake",
     "LOG_FORMAT": "json",
@@ -129,6 +131,23 @@ def test_fail_fast_writes_one_line_and_exits_2(capsys: pytest.CaptureFixture[str
         pytest.param({"LLM_PROVIDER": "openai"}, "OPENAI_API_KEY is required", id="no-openai-key"),
         pytest.param({"LLM_PROVIDER": "openai_compatible"}, "LLM_BASE_URL is required", id="no-base-url"),
         pytest.param({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be json or console", id="bad-log-format"),
+        pytest.param(
+            {"WEBHOOK_SIGNING_SECRETS": ""}, "WEBHOOK_SIGNING_SECRETS is required when DEBUG is off", id="no-webhook"
+        ),
+        pytest.param(
+            {"WEBHOOK_SIGNING_SECRETS": GOOD_SECRET},
+            "WEBHOOK_SIGNING_SECRETS must differ from SECRET_KEY",
+            id="webhook-secret-is-secret-key",
+        ),
+        pytest.param(
+            {"WEBHOOK_SIGNING_SECRETS": f"{secrets.token_urlsafe(40)},short"},
+            "each WEBHOOK_SIGNING_SECRETS entry must be at least 32 characters",
+            id="short-previous-webhook-secret",
+        ),
+        pytest.param({"METRICS_TOKEN": ""}, "METRICS_TOKEN is required when DEBUG is off", id="no-metrics-token"),
+        pytest.param(
+            {"METRICS_TOKEN": "scrape-me"}, "METRICS_TOKEN must be at least 32 characters", id="short-metrics-token"
+        ),
     ],
 )
 def test_broken_configuration_stops_with_one_line(changes: dict[str, str], expected: str) -> None:
@@ -151,6 +170,27 @@ def test_every_problem_is_named_on_the_same_line_and_no_secret_is_echoed() -> No
     assert "LLM_PROVIDER must be" in line
     assert "TASK_SOFT_TIME_LIMIT (90) must be less than TASK_TIME_LIMIT (10)" in line
     assert short_secret not in line
+
+
+def test_secrets_are_not_echoed_when_refused() -> None:
+    short_webhook, short_token = "webhook-s3cr3t", "metrics-s3cr3t"
+    env = clean_env(**{**PRODUCTION, "WEBHOOK_SIGNING_SECRETS": short_webhook, "METRICS_TOKEN": short_token})
+    result = manage("check", env=env)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "WEBHOOK_SIGNING_SECRETS" in line and "METRICS_TOKEN" in line
+    assert short_webhook not in line and short_token not in line
+
+
+def test_a_single_webhook_secret_is_still_read() -> None:
+    single = secrets.token_urlsafe(40)
+    env = clean_env(**{**PRODUCTION, "WEBHOOK_SIGNING_SECRETS": "", "WEBHOOK_SIGNING_SECRET": single})
+    assert manage("check", env=env).returncode == 0
+    code = "from django.conf import settings as s; print(s.WEBHOOK_SIGNING_SECRETS)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == repr([single]), result.stderr
 
 
 def test_complete_production_environment_passes_the_deploy_checks() -> None:

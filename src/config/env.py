@@ -64,6 +64,28 @@ def validate_production(*, debug: bool, secret_key: str, allowed_hosts: list[str
     return errors
 
 
+MIN_SECRET_LENGTH = 32
+
+
+def validate_secrets(*, debug: bool, secret_key: str, webhook_secrets: list[str], metrics_token: str) -> list[str]:
+    """The webhook signing secrets and the metrics token: only DEBUG may leave them out.
+    A signing secret must not be SECRET_KEY (which signs sessions and may be a demo value)."""
+    if debug:
+        return []
+    errors = []
+    if not webhook_secrets:
+        errors.append("WEBHOOK_SIGNING_SECRETS is required when DEBUG is off")
+    elif any(len(secret) < MIN_SECRET_LENGTH for secret in webhook_secrets):
+        errors.append(f"each WEBHOOK_SIGNING_SECRETS entry must be at least {MIN_SECRET_LENGTH} characters")
+    elif secret_key in webhook_secrets:
+        errors.append("WEBHOOK_SIGNING_SECRETS must differ from SECRET_KEY")
+    if not metrics_token:
+        errors.append("METRICS_TOKEN is required when DEBUG is off")
+    elif len(metrics_token) < MIN_SECRET_LENGTH:
+        errors.append(f"METRICS_TOKEN must be at least {MIN_SECRET_LENGTH} characters when DEBUG is off")
+    return errors
+
+
 def fail_fast(errors: list[str]) -> None:
     """Stop the process with a single line naming every problem."""
     if errors:

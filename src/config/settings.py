@@ -12,7 +12,7 @@ from pathlib import Path
 import django_stubs_ext
 import environ
 
-from config.env import Timeouts, fail_fast, validate_production, validate_timeouts
+from config.env import Timeouts, fail_fast, validate_production, validate_secrets, validate_timeouts
 
 django_stubs_ext.monkeypatch()  # lets admin.ModelAdmin[Model] etc. be subscripted at run time
 
@@ -275,9 +275,22 @@ RESPONSE_CACHE_TTL_S = env.int("RESPONSE_CACHE_TTL_S", default=24 * 3600)
 SSE_HEARTBEAT_S = env.float("SSE_HEARTBEAT_S", default=15.0)
 SSE_STREAM_TTL_S = env.int("SSE_STREAM_TTL_S", default=3600)
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
-WEBHOOK_SIGNING_SECRET = env.str("WEBHOOK_SIGNING_SECRET", default="") or f"webhook:{SECRET_KEY}"
+# Newest first: sign with the first, also with the second during a rotation (docs/webhooks.md).
+# WEBHOOK_SIGNING_SECRET (one secret) is still read when the list is not set.
+WEBHOOK_SIGNING_SECRETS: list[str] = env.list("WEBHOOK_SIGNING_SECRETS", default=[]) or [
+    secret for secret in [env.str("WEBHOOK_SIGNING_SECRET", default="")] if secret
+]
 WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
 WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+WEBHOOK_RETRY_BACKOFF_S = env.float("WEBHOOK_RETRY_BACKOFF_S", default=10.0)
+WEBHOOK_RETRY_BACKOFF_MAX_S = env.float("WEBHOOK_RETRY_BACKOFF_MAX_S", default=3600.0)
+# /metrics answers only `Authorization: Bearer $METRICS_TOKEN`; required when DEBUG is off.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+_config_errors += validate_secrets(
+    debug=DEBUG, secret_key=SECRET_KEY, webhook_secrets=WEBHOOK_SIGNING_SECRETS, metrics_token=METRICS_TOKEN
+)
+if DEBUG and not WEBHOOK_SIGNING_SECRETS:
+    WEBHOOK_SIGNING_SECRETS = [f"webhook:{SECRET_KEY}"]  # development only: DEBUG is on
 SWEEPER_BATCH_SIZE = env.int("SWEEPER_BATCH_SIZE", default=500)
 SWEEPER_INTERVAL_S = env.float("SWEEPER_INTERVAL_S", default=30.0)
 SWEEPER_PENDING_GRACE_S = env.int("SWEEPER_PENDING_GRACE_S", default=60)

@@ -10,6 +10,8 @@ _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
 _redis_db = 15 - int(_worker) % 8
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-production-checks")
+os.environ.setdefault("WEBHOOK_SIGNING_SECRETS", "test-webhook-signing-secret-long-enough-for-production")
+os.environ.setdefault("METRICS_TOKEN", "test-metrics-token-long-enough-for-production-checks")
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 os.environ.setdefault("DATABASE_URL", "postgres:///switchyard")
 os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{_redis_db}")
@@ -32,6 +34,8 @@ os.environ.setdefault("TASK_HEARTBEAT_S", "2")
 os.environ.setdefault("TASK_RETRY_BACKOFF_S", "0.2")
 os.environ.setdefault("TASK_RETRY_BACKOFF_MAX_S", "2")
 os.environ.setdefault("SWEEPER_PENDING_GRACE_S", "2")
+os.environ.setdefault("WEBHOOK_RETRY_BACKOFF_S", "0.2")
+os.environ.setdefault("WEBHOOK_RETRY_BACKOFF_MAX_S", "1")
 
 from config.settings import *  # noqa: F403
 

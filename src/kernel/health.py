@@ -6,12 +6,14 @@ timeout, and answers 503 naming the check that failed. Nothing secret is returne
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from celery import current_app
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -74,7 +76,21 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=200 if ok else 503)
 
 
+def _metrics_authorized(request: HttpRequest) -> bool:
+    """With METRICS_TOKEN set (required when DEBUG is off), only ``Authorization: Bearer
+    <token>``, compared in constant time."""
+    token: str = settings.METRICS_TOKEN
+    if not token:
+        return True
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not _metrics_authorized(request):
+        response = JsonResponse({"detail": "Metrics need Authorization: Bearer $METRICS_TOKEN."}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     payload, content_type = metrics.render()
     return HttpResponse(payload, content_type=content_type)

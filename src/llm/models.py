@@ -59,6 +59,11 @@ class AITask(models.Model):
     webhook_attempts = models.PositiveIntegerField(default=0)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
     webhook_last_error = models.TextField(blank=True, default="")
+    # A delivery holds the webhook until this time (one POST at a time); the next attempt
+    # is not due before webhook_next_at (its backoff), which is also when the sweeper
+    # looks for a retry message that was lost.
+    webhook_claimed_until = models.DateTimeField(null=True, blank=True)
+    webhook_next_at = models.DateTimeField(null=True, blank=True)
 
     attempts = models.PositiveIntegerField(default=0)
     lease_token = models.UUIDField(null=True, blank=True)
@@ -93,6 +98,10 @@ class AITask(models.Model):
                 fields=["priority", "organization"],
                 name="aitask_outstanding",
                 condition=Q(status="processing") | Q(status="pending", dispatched_at__isnull=False),
+            ),
+            # The sweeper's stranded-webhook scan: only the (few) pending webhooks.
+            models.Index(
+                fields=["webhook_next_at"], name="aitask_webhook_pending", condition=Q(webhook_status="pending")
             ),
         ]
         constraints = [

@@ -22,11 +22,14 @@ def run_ai_task(task_id: str) -> str:
     return services.task_execute(task_id=UUID(task_id)).kind
 
 
-@shared_task(bind=True, name="llm.deliver_webhook", ignore_result=True)
+# max_retries=None on the task: unlimited for Celery. (On `self.retry` it would mean "the
+# task's default", 3, and the webhook would stop after 4 attempts.) The cap is
+# WEBHOOK_MAX_ATTEMPTS, counted in the database by the claim.
+@shared_task(bind=True, name="llm.deliver_webhook", ignore_result=True, max_retries=None)
 def deliver_webhook(self: Task[[str], str], task_id: str) -> str:
     outcome = services.webhook_deliver(task_id=UUID(task_id))
     if outcome.kind == "retry":
-        raise self.retry(countdown=outcome.countdown, max_retries=None)
+        raise self.retry(countdown=outcome.countdown)
     return outcome.kind
 
 

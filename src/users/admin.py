@@ -41,7 +41,9 @@ class APIKeyAdmin(admin.ModelAdmin[APIKey]):
     list_filter = ["revoked_at"]
     search_fields = ["prefix", "name", "organization__name"]
     list_select_related = ["organization"]
-    readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at", "revoked_at"]
+    # A key belongs to its organization for life: moving it would hand another tenant's
+    # data to whoever holds it. Keys cannot be added here, so every form is a change form.
+    readonly_fields = ["organization", "created_by", "prefix", "key_hash", "created_at", "last_used_at", "revoked_at"]
     exclude = ["key_hash"]
     actions = ["revoke"]
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.test import Client
 
 from tests.support import ROOT, free_port, server_env
@@ -45,15 +46,44 @@ def test_probes_are_get_only(client: Client) -> None:
     assert client.post("/healthz").status_code == 405
 
 
+def scrape(client: Client, token: str | None = None) -> Any:
+    return client.get("/metrics", headers={"Authorization": f"Bearer {token or django_settings.METRICS_TOKEN}"})
+
+
 def test_metrics_are_prometheus_text_counting_requests(client: Client) -> None:
     client.get("/healthz")
-    response = client.get("/metrics")
+    response = scrape(client)
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
     assert "# TYPE switchyard_http_requests_total counter" in text
     assert 'switchyard_http_requests_total{method="GET",route="healthz",status="200"}' in text
     assert "switchyard_http_request_seconds_bucket" in text
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer \u00e9t\u00e9", "bearer  "],
+)
+def test_metrics_without_the_token_are_401(client: Client, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert django_settings.METRICS_TOKEN not in response.content.decode()
+    assert b"switchyard_http_requests_total" not in response.content
+
+
+def test_metrics_token_is_a_bearer_token_of_its_own(client: Client, settings: Any) -> None:
+    assert scrape(client).status_code == 200
+    settings.METRICS_TOKEN = "another-token-of-at-least-thirty-two-characters"
+    assert scrape(client, "another-token-of-at-least-thirty-two-characters").status_code == 200
+    assert scrape(client, "test-metrics-token-long-enough-for-production-checks").status_code == 401
+
+
+def test_metrics_are_open_only_without_a_token(client: Client, settings: Any) -> None:
+    settings.METRICS_TOKEN = ""  # only DEBUG may start like this (tests/test_settings.py)
+    assert client.get("/metrics").status_code == 200
 
 
 # -- real servers with a dependency down ------------------------------------------------

@@ -188,16 +188,26 @@ def test_beat_keeps_its_schedule_at_a_writable_path() -> None:
 
 def test_flower_runs_on_port_and_keeps_the_password_off_the_command_line() -> None:
     line = printed("flower", PORT="5555", FLOWER_BASIC_AUTH="ops:s3cret")
+    assert line == "celery -A config flower --port=5555 --address=127.0.0.1"
+    line = printed("flower", PORT="5555", FLOWER_BASIC_AUTH="ops:s3cret,dev:an0ther", FLOWER_ADDRESS="0.0.0.0")
     assert line == "celery -A config flower --port=5555 --address=0.0.0.0"
 
 
 def test_flower_refuses_to_start_without_basic_auth() -> None:
-    for env in ({}, {"FLOWER_BASIC_AUTH": ""}):
+    for env in ({}, {"FLOWER_BASIC_AUTH": ""}, {"FLOWER_BASIC_AUTH": "ops"}, {"FLOWER_BASIC_AUTH": "ops:"}):
         result = entrypoint("flower", **env)
         assert result.returncode == 2
         assert result.stdout == ""
         assert result.stderr.count("\n") == 1
         assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+@pytest.mark.parametrize("auth", ["admin:change-me", "ops:s3cret,admin:change-me"])
+def test_flower_refuses_the_demo_password(auth: str) -> None:
+    result = entrypoint("flower", FLOWER_BASIC_AUTH=auth)
+    assert result.returncode == 2
+    assert "demo password" in result.stderr
+    assert "change-me" not in result.stderr
 
 
 def test_migrate_and_manage_run_manage_py() -> None:
@@ -272,7 +282,13 @@ def test_compose_runs_every_role_from_one_image_in_dependency_order() -> None:
         assert urlparse(env["DATABASE_URL"]).hostname == "pgbouncer", name
         assert env["DATABASE_POOLED"] == "true", name
         assert "healthcheck" not in svc, f"{name} keeps the image's role-aware HEALTHCHECK"
-    assert app["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+    flower = app["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # no default
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]  # published on the host's loopback only
+    # No usable demo secrets: compose refuses to start until each is set.
+    env = services["web"]["environment"]
+    for name in ("SECRET_KEY", "WEBHOOK_SIGNING_SECRETS", "METRICS_TOKEN"):
+        assert env[name].startswith(f"${{{name}:?"), name
 
 
 def test_dockerfile_runs_the_entrypoint_as_a_non_root_user() -> None:
@@ -339,6 +355,26 @@ def start_role(tmp_path: Path, fresh_database_url: str) -> Iterator[Callable[...
     flush_redis(broker_url)
 
 
+def test_the_image_build_step_sets_every_setting_collectstatic_needs(tmp_path: Path) -> None:
+    """The Dockerfile collects static files with DEBUG off: the settings it must pass grow
+    with the production checks (a missing one breaks `docker build`)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    step = re.search(r"^RUN ((?:\w+=\S+\s+(?:\\\s+)?)+)bin/switchyard manage collectstatic", dockerfile, re.MULTILINE)
+    assert step, "the collectstatic step"
+    values = dict(re.findall(r"(\w+)=(\S+)", step.group(1)))
+    env = clean_env(DJANGO_SETTINGS_MODULE="config.settings", STATIC_ROOT=str(tmp_path / "static"), **values)
+    result = subprocess.run(
+        [str(ENTRYPOINT), "manage", "collectstatic", "--noinput", "--verbosity", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "static" / "admin").is_dir()
+
+
 def healthcheck(role: Role) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(ENTRYPOINT), "healthcheck"], env=role.env, capture_output=True, text=True, timeout=30, check=False
@@ -366,7 +402,9 @@ def test_web_serves_health_readiness_and_metrics_and_stops_on_sigterm(
     host = {"Host": "api.switchyard.example"}
     wait_until(lambda: http_status(f"{base}/healthz", headers=host) == 200, timeout=60, what="web", log=web.log_path)
     assert http_status(f"{base}/readyz", headers=host) == 200, web.log()
-    assert http_status(f"{base}/metrics", headers=host) == 200
+    assert http_status(f"{base}/metrics", headers=host) == 401  # the public role: only with the token
+    scrape = {**host, "Authorization": f"Bearer {web.env.get('METRICS_TOKEN') or settings.METRICS_TOKEN}"}
+    assert http_status(f"{base}/metrics", headers=scrape) == 200
     assert list(metrics.glob("*.db")), "gunicorn workers write metrics to PROMETHEUS_MULTIPROC_DIR"
     assert healthcheck(web).returncode == 0
     assert '"GET /readyz HTTP/1.1" 200' in web.log(), "access log goes to stdout"

@@ -149,6 +149,15 @@ def test_make_run_serves_the_printed_curl_line_and_stops_every_process(
         assert me.json()["organization_name"] == "Demo"
         assert '"prompt": "Write a haiku about switchyards"' in output
         assert f"{web}/api/v1/ai-tasks/" in output
+        # /metrics only with the token make run made (kept, mode 600, under .local/).
+        secrets_file = Path(run_env["SWITCHYARD_LOCAL_DIR"]) / "secrets"
+        assert secrets_file.stat().st_mode & 0o777 == 0o600
+        token = re.search(r"METRICS_TOKEN=\$\{METRICS_TOKEN:-([^}]+)\}", secrets_file.read_text())
+        assert token, secrets_file.read_text()
+        assert http_status(f"{web}/metrics") == 401
+        scrape = httpx.get(f"{web}/metrics", headers={"Authorization": f"Bearer {token.group(1)}"}, timeout=5)
+        assert scrape.status_code == 200
+        assert token.group(1) not in output  # the token is not printed
 
         started = descendants(run.pid)
         assert len(started) >= 6, [cmdline(pid) for pid, _ in started]

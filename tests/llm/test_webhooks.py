@@ -7,14 +7,19 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 from llm import services
 from llm.models import AITask, DeadLetter
+from tests.llm.test_webhook_destinations import ScriptedResolver
 
 pytestmark = pytest.mark.django_db
 
@@ -148,12 +153,170 @@ def test_redirects_are_not_followed(receiver, finished) -> None:
 
 
 def test_sweeper_resends_a_webhook_that_was_never_enqueued(receiver, finished, settings) -> None:
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     task_id = finished()  # enqueued on commit; pretend the broker was down at that moment
     AITask.objects.filter(id=task_id).update(completed_at=timezone.now() - timedelta(minutes=5))
     assert services.tasks_sweep().webhooks_requeued == 1
-    AITask.objects.filter(id=task_id).update(webhook_attempts=1)  # tried once: in its retry back-off
+    assert services.tasks_sweep().webhooks_requeued == 0  # re-sent at most once per grace period
+
+
+def test_sweeper_resends_a_lost_retry_after_its_backoff_only(receiver, finished) -> None:
+    receiver.statuses = [500]
+    task_id = uuid.UUID(finished())
+    AITask.objects.filter(id=task_id).update(completed_at=timezone.now() - timedelta(minutes=5))
+    assert services.webhook_deliver(task_id=task_id).kind == "retry"
+    AITask.objects.filter(id=task_id).update(webhook_next_at=timezone.now() + timedelta(minutes=10))
+    assert services.tasks_sweep().webhooks_requeued == 0  # in its backoff: the retry message is on its way
+    AITask.objects.filter(id=task_id).update(webhook_next_at=timezone.now() - timedelta(minutes=5))
+    assert services.tasks_sweep().webhooks_requeued == 1  # due long ago: its retry message was lost
     assert services.tasks_sweep().webhooks_requeued == 0
+    assert services.webhook_deliver(task_id=task_id).kind == "delivered"
+    assert AITask.objects.get(id=task_id).webhook_attempts == 2
+
+
+def test_sweeper_leaves_a_webhook_being_delivered_alone(receiver, finished) -> None:
+    task_id = finished()
+    old = timezone.now() - timedelta(minutes=5)
+    AITask.objects.filter(id=task_id).update(
+        completed_at=old, webhook_next_at=old, webhook_claimed_until=timezone.now() + timedelta(seconds=30)
+    )
+    assert services.tasks_sweep().webhooks_requeued == 0
+
+
+def test_a_retry_message_arriving_before_its_backoff_does_not_post(receiver, finished, settings) -> None:
+    settings.WEBHOOK_RETRY_BACKOFF_S, settings.WEBHOOK_RETRY_BACKOFF_MAX_S = 10.0, 3600.0  # the defaults
+    receiver.statuses = [500]
+    task_id = uuid.UUID(finished())
+    outcome = services.webhook_deliver(task_id=task_id)
+    assert outcome.kind == "retry" and outcome.countdown is not None and outcome.countdown >= 5
+    assert services.webhook_deliver(task_id=task_id).kind == "skipped"  # a duplicate of the first message
+    assert len(receiver.requests) == 1
+    assert AITask.objects.get(id=task_id).webhook_attempts == 1
+
+
+# -- one delivery at a time -------------------------------------------------------------------
+
+
+class SlowReceiver(Receiver):
+    """Answers after a pause, so two deliveries overlap."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        handler = self.server.RequestHandlerClass
+        original = handler.do_POST  # type: ignore[attr-defined]
+
+        def slow(handler_self: BaseHTTPRequestHandler) -> None:
+            time.sleep(self.delay)
+            original(handler_self)
+
+        handler.do_POST = slow  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_deliveries_post_once(make_tenant, settings) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    server = SlowReceiver(delay=1.0)
+    try:
+        tenant = make_tenant()
+        task_id = tenant.client.post(
+            "/api/v1/ai-tasks/", {"prompt": "Twice? #fake:tokens=1,1", "callback_url": server.url}, format="json"
+        ).json()["id"]
+        services.task_execute(task_id=uuid.UUID(task_id))
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def deliver() -> None:
+            barrier.wait()
+            try:
+                outcomes.append(services.webhook_deliver(task_id=uuid.UUID(task_id)).kind)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=deliver) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        server.server.shutdown()
+    assert sorted(outcomes) == ["delivered", "skipped"]
+    assert len(server.requests) == 1
+    task = AITask.objects.get(id=task_id)
+    assert (task.webhook_status, task.webhook_attempts, task.webhook_claimed_until) == ("delivered", 1, None)
+
+
+# -- where the POST goes (SSRF) ---------------------------------------------------------------
+
+
+def test_rebinding_dns_never_reaches_the_second_answer(receiver, finished, settings) -> None:
+    """The name is vetted on a public answer; a second lookup would answer loopback,
+    where the receiver listens. The POST goes to the vetted address, so loopback never
+    sees it (the public address is unreachable from here: a connection error, retried)."""
+    task_id = uuid.UUID(finished())
+    port = receiver.server.server_address[1]
+    AITask.objects.filter(id=task_id).update(callback_url=f"http://rebind.example.com:{port}/hooks")
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    settings.WEBHOOK_TIMEOUT_S = 0.5
+    resolver = ScriptedResolver(["192.0.43.10"], ["127.0.0.1"])
+    assert services.webhook_deliver(task_id=task_id, resolve=resolver).kind == "retry"
+    assert receiver.requests == []
+    assert resolver.calls == ["rebind.example.com"]  # resolved once, by us
+
+
+def test_the_request_goes_to_the_resolved_address_with_the_name_as_host(receiver, finished) -> None:
+    task_id = uuid.UUID(finished())
+    port = receiver.server.server_address[1]
+    AITask.objects.filter(id=task_id).update(callback_url=f"http://hooks.customer.test:{port}/in?x=1")
+    resolver = ScriptedResolver(["127.0.0.1"], ["192.0.2.1"])
+    assert services.webhook_deliver(task_id=task_id, resolve=resolver).kind == "delivered"
+    ((headers, _),) = receiver.requests
+    assert headers["Host"] == f"hooks.customer.test:{port}"
+
+
+# -- signing secrets and rotation ----------------------------------------------------------
+
+
+def parse_signature(header: str) -> tuple[str, list[str]]:
+    parts = [part.split("=", 1) for part in header.split(",")]
+    (t_key, timestamp), *signatures = parts
+    assert t_key == "t" and all(key == "v1" for key, _ in signatures)
+    return timestamp, [value for _, value in signatures]
+
+
+def verify(secret: str, header: str, body: bytes) -> bool:
+    """What a receiver does (docs/webhooks.md): accept if any v1 matches."""
+    timestamp, signatures = parse_signature(header)
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, signature) for signature in signatures)
+
+
+def test_rotation_signs_with_both_secrets_newest_first(tenant, receiver, finished, settings) -> None:
+    org = uuid.UUID(tenant.organization_id)
+    old_secret = services.webhook_secret(organization_id=org)
+    settings.WEBHOOK_SIGNING_SECRETS = ["a-brand-new-master-secret-of-enough-length", *settings.WEBHOOK_SIGNING_SECRETS]
+    new_secret = services.webhook_secret(organization_id=org)
+    assert services.webhook_secrets(organization_id=org) == [new_secret, old_secret]
+    task_id = uuid.UUID(finished())
+    assert services.webhook_deliver(task_id=task_id).kind == "delivered"
+    ((headers, body),) = receiver.requests
+    _, signatures = parse_signature(headers["Switchyard-Signature"])
+    assert len(signatures) == 2
+    assert verify(old_secret, headers["Switchyard-Signature"], body)  # receivers not yet updated
+    assert verify(new_secret, headers["Switchyard-Signature"], body)
+    assert not verify("whsec_" + "0" * 64, headers["Switchyard-Signature"], body)
+
+
+def test_the_signing_secret_is_not_derived_from_secret_key(tenant, settings) -> None:
+    org = uuid.UUID(tenant.organization_id)
+    before = services.webhook_secret(organization_id=org)
+    settings.SECRET_KEY = "a-completely-different-secret-key-for-this-test"
+    assert services.webhook_secret(organization_id=org) == before
+
+
+def test_webhook_secret_command_prints_every_active_secret(tenant, capsys, settings) -> None:
+    from django.core.management import call_command
+
+    settings.WEBHOOK_SIGNING_SECRETS = ["a-brand-new-master-secret-of-enough-length", *settings.WEBHOOK_SIGNING_SECRETS]
+    call_command("webhook_secret", tenant.issued.organization_name, "--all")
+    org = uuid.UUID(tenant.organization_id)
+    assert capsys.readouterr().out.split() == services.webhook_secrets(organization_id=org)

@@ -18,7 +18,13 @@ from llm.services.submit import (
     task_submit,
 )
 from llm.services.sweeper import SweepReport, tasks_sweep
-from llm.services.webhooks import WebhookOutcome, webhook_deliver, webhook_secret, webhook_signature
+from llm.services.webhooks import (
+    WebhookOutcome,
+    webhook_deliver,
+    webhook_secret,
+    webhook_secrets,
+    webhook_signature,
+)
 
 
 def worker_serve(*, queues: list[str], slots: int, node: str) -> None:
@@ -52,6 +58,7 @@ __all__ = [
     "tasks_sweep",
     "webhook_deliver",
     "webhook_secret",
+    "webhook_secrets",
     "webhook_signature",
     "worker_leave",
     "worker_serve",

@@ -98,7 +98,13 @@ def announce_terminal(task: AITask) -> None:
     event now; after commit, the SSE status and (with a callback URL) the webhook."""
     kernel.event_publish(finished_event(task))
     if task.callback_url:
-        AITask.objects.filter(pk=task.pk).update(webhook_status=AITask.WebhookStatus.PENDING)
+        # A fresh delivery (also after a re-run whose earlier webhook was dead-lettered).
+        AITask.objects.filter(pk=task.pk).update(
+            webhook_status=AITask.WebhookStatus.PENDING,
+            webhook_attempts=0,
+            webhook_next_at=None,
+            webhook_claimed_until=None,
+        )
         transaction.on_commit(lambda: enqueue_webhook(task.id))
     transaction.on_commit(lambda: publish_status(task))
 

@@ -224,7 +224,11 @@ def dead_letter_replay(*, dead_letter_id: int) -> AITaskContract:
     with transaction.atomic():
         DeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
         AITask.objects.filter(id=letter.task_id).update(
-            webhook_status=AITask.WebhookStatus.PENDING, webhook_attempts=0, webhook_last_error=""
+            webhook_status=AITask.WebhookStatus.PENDING,
+            webhook_attempts=0,
+            webhook_last_error="",
+            webhook_next_at=None,
+            webhook_claimed_until=None,
         )
         transaction.on_commit(lambda: enqueue_webhook(letter.task_id))
     return to_task(AITask.objects.get(id=letter.task_id))

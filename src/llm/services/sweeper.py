@@ -163,15 +163,28 @@ def _expire(task: AITask) -> None:
 
 
 def _requeue_stranded_webhooks(grace: datetime) -> int:
-    """Webhooks whose enqueue failed (broker outage at the end of a task) were never
-    tried: send them again. Ones already tried are in their retry back-off."""
-    stranded = list(
-        AITask.objects.filter(
-            webhook_status=AITask.WebhookStatus.PENDING, webhook_attempts=0, completed_at__lte=grace
-        ).values_list("id", flat=True)[: settings.SWEEPER_BATCH_SIZE]
-    )
-    for task_id in stranded:
-        enqueue_webhook(task_id)
+    """Pending webhooks nobody is delivering whose next attempt was due before ``grace``:
+    never enqueued (broker outage when the task ended) or a retry message lost. Each is
+    marked due now, so a webhook still waiting behind a backlog is sent again at most once
+    per grace period; the delivery's claim makes any duplicate message a no-op."""
+    now = timezone.now()
+    with transaction.atomic():
+        stranded = list(
+            AITask.objects.select_for_update(skip_locked=True)
+            .annotate(webhook_due=Coalesce("webhook_next_at", "completed_at", "created_at"))
+            .filter(webhook_status=AITask.WebhookStatus.PENDING, webhook_due__lte=grace)
+            .filter(Q(webhook_claimed_until__isnull=True) | Q(webhook_claimed_until__lt=now))
+            .order_by("webhook_due")
+            .values_list("id", flat=True)[: settings.SWEEPER_BATCH_SIZE]
+        )
+        if stranded:
+            AITask.objects.filter(id__in=stranded).update(webhook_next_at=now)
+
+        def enqueue() -> None:
+            for task_id in stranded:
+                enqueue_webhook(task_id)
+
+        transaction.on_commit(enqueue)
     return len(stranded)
 
 

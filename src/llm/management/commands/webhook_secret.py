@@ -1,4 +1,5 @@
-"""``manage.py webhook_secret <org>``: print the organization's webhook signing secret."""
+"""``manage.py webhook_secret <org> [--all]``: print the organization's webhook signing
+secret (``--all``: every active one during a rotation, newest first)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("org", help="Organization name or id.")
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            help="During a rotation: every active secret, newest first, one a line.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             org = users.organization_find(name_or_id=options["org"])
         except NotFoundError as exc:
             raise CommandError(exc.detail) from exc
-        self.stdout.write(services.webhook_secret(organization_id=org.id))
+        if options["all"]:
+            for secret in services.webhook_secrets(organization_id=org.id):
+                self.stdout.write(secret)
+        else:
+            self.stdout.write(services.webhook_secret(organization_id=org.id))
