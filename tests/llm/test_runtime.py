@@ -68,7 +68,7 @@ def test_the_cancel_flag_stops_a_sleeping_call_within_the_poll_interval(tenant) 
     sees the cancel flag: the thread, and its slot, are free again."""
     keeper = Runtime(autostart=False)
     task = claimed(tenant)
-    guard, call = track(keeper, task)
+    guard, _call = track(keeper, task)
     outcome: list[str] = []
 
     def call_provider() -> None:
@@ -98,7 +98,7 @@ def test_the_soft_deadline_aborts_with_timeout(tenant) -> None:
 def test_a_call_past_its_hard_deadline_is_failed_for_its_stuck_thread(tenant) -> None:
     keeper = Runtime(autostart=False)
     task = claimed(tenant)
-    _, call = track(keeper, task, soft_deadline=time.monotonic() - 2, hard_deadline=time.monotonic() - 1)
+    _, _call = track(keeper, task, soft_deadline=time.monotonic() - 2, hard_deadline=time.monotonic() - 1)
     keeper._enforce_deadlines(time.monotonic())
     row = AITask.objects.get(id=task.id)
     assert row.status == "failed" and row.error_code == "timeout" and row.lease_token is None
