@@ -21,7 +21,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 
 from contracts.llm import TERMINAL_STATUSES
-from kernel.errors import error_body
+from kernel.errors import error_body, error_response
 from llm import services
 from llm.streams import AsyncStreamReader, StreamEvent
 from users import services as users
@@ -74,6 +74,10 @@ async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="api"'},
         )
+    try:  # before any stream work: address (failed logins), key and organization limits
+        await users.stream_throttle(meta=request.META, raw_key=raw_key.strip())
+    except (users.RateLimited, users.InvalidApiKey) as exc:
+        return error_response(exc)
     reader = AsyncStreamReader(task_id)
     try:
         # The stream position is taken before the snapshot, so nothing falls between them.
