@@ -7,6 +7,7 @@ Invalid or contradictory values stop the process with one line (see ``config.env
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import django_stubs_ext
@@ -295,6 +296,8 @@ for _name in ("KEY_REQUESTS_PER_MINUTE", "ORG_REQUESTS_PER_MINUTE", "KEY_TOKENS_
         _config_errors.append(f"{_name} must be 0 (unlimited) or positive")
 if RATE_LIMIT_WINDOW_S < 1:
     _config_errors.append("RATE_LIMIT_WINDOW_S must be at least 1")
+if not re.fullmatch(r"\s*([^=,\s]+\s*=\s*\d+(:\d+)?\s*(,\s*|$))*", LLM_MODEL_LIMITS):
+    _config_errors.append(f"LLM_MODEL_LIMITS must read model=calls[:tokens_per_minute],... (got {LLM_MODEL_LIMITS!r})")
 if LLM_SLOT_TTL_S < 3:
     _config_errors.append("LLM_SLOT_TTL_S must be at least 3 (holders renew every third of it)")
 QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)

@@ -32,6 +32,7 @@ from django_redis import get_redis_connection
 from limits import RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
+from redis import Redis
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -98,13 +99,13 @@ class _Window(RateLimitItemPerSecond):
 
 
 class _Backend:
-    def __init__(self, client: object) -> None:
-        pool = client.connection_pool  # type: ignore[attr-defined]
+    def __init__(self, client: Redis) -> None:
+        pool = client.connection_pool
         prefix = f"{settings.CACHES['default'].get('KEY_PREFIX', 'sy')}:rl"
         self.storage = RedisStorage("redis://", connection_pool=pool, key_prefix=prefix)
         self.moving = MovingWindowRateLimiter(self.storage)
         self.sliding = SlidingWindowCounterRateLimiter(self.storage)
-        self.adjust_script = self.storage.get_connection().register_script(_ADJUST_SLIDING)
+        self.adjust_script = client.register_script(_ADJUST_SLIDING)
         self.down_until = 0.0
 
 

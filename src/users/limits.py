@@ -27,7 +27,7 @@ from django.conf import settings
 from contracts.users import Principal
 from kernel.errors import DomainError
 from kernel.ratelimit import Decision, Limiter, Strategy
-from users.models import APIKey
+from users.models import APIKey, Organization
 
 KEY_REQUESTS = Limiter("key-rpm", Strategy.MOVING)
 ORG_REQUESTS = Limiter("org-rpm", Strategy.MOVING)
@@ -131,23 +131,30 @@ def remember(principal: Principal) -> None:
         _remembered[principal.api_key_id] = limits
 
 
-def _token_limits(api_key_id: UUID) -> _TokenLimits:
-    limits = _remembered.get(api_key_id)
+def _token_limits(organization_id: UUID, api_key_id: UUID | None) -> _TokenLimits:
+    limits = _remembered.get(api_key_id) if api_key_id is not None else None
     if limits is not None and limits.expires > time.monotonic():
         return limits
-    row = APIKey.objects.filter(id=api_key_id).values("tokens_per_minute", "organization__tokens_per_minute").first()
-    row = row or {"tokens_per_minute": None, "organization__tokens_per_minute": None}
+    key_override: int | None = None
+    org_override: int | None = None
+    if api_key_id is not None:
+        rows = APIKey.objects.filter(id=api_key_id).values_list("tokens_per_minute", "organization__tokens_per_minute")
+        key_override, org_override = rows.first() or (None, None)
+    else:
+        orgs = Organization.objects.filter(id=organization_id)
+        org_override = orgs.values_list("tokens_per_minute", flat=True).first()
     return _TokenLimits(
         expires=0.0,
-        organization=_pick(row["organization__tokens_per_minute"], settings.ORG_TOKENS_PER_MINUTE),
-        key=_pick(row["tokens_per_minute"], settings.KEY_TOKENS_PER_MINUTE),
+        organization=_pick(org_override, settings.ORG_TOKENS_PER_MINUTE),
+        key=_pick(key_override, settings.KEY_TOKENS_PER_MINUTE) if api_key_id is not None else 0,
     )
 
 
-def token_usage_reserve(*, organization_id: UUID, api_key_id: UUID, tokens: int) -> None:
+def token_usage_reserve(*, organization_id: UUID, api_key_id: UUID | None, tokens: int) -> None:
     """Reserve a task's estimated tokens against the key's and the organization's
-    per-minute limits, or raise ``TokensRateLimited`` (429) having reserved nothing."""
-    limits = _token_limits(api_key_id)
+    per-minute limits, or raise ``TokensRateLimited`` (429) having reserved nothing.
+    A task without a key (``api_key_id=None``) counts against its organization only."""
+    limits = _token_limits(organization_id, api_key_id)
     window = _window()
     by_key = KEY_TOKENS.hit(str(api_key_id), limit=limits.key, window_s=window, cost=tokens)
     refusal = by_key
@@ -163,11 +170,12 @@ def token_usage_reserve(*, organization_id: UUID, api_key_id: UUID, tokens: int)
     raise TokensRateLimited(retry_after=refusal.retry_after_s)
 
 
-def token_usage_correct(*, organization_id: UUID, api_key_id: UUID, estimated: int, actual: int) -> None:
+def token_usage_correct(*, organization_id: UUID, api_key_id: UUID | None, estimated: int, actual: int) -> None:
     """When a task settles: replace its reserved estimate by the tokens it really used
     (``actual`` = input + output; 0 for a task that failed without a provider answer).
     Fails open; never raises for Redis."""
     delta = int(actual) - int(estimated)
     window = _window()
-    KEY_TOKENS.adjust(str(api_key_id), delta=delta, window_s=window)
+    if api_key_id is not None:
+        KEY_TOKENS.adjust(str(api_key_id), delta=delta, window_s=window)
     ORG_TOKENS.adjust(str(organization_id), delta=delta, window_s=window)

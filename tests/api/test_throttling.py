@@ -109,9 +109,7 @@ def random_key() -> str:
     return f"sy_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}"
 
 
-def test_invalid_keys_are_throttled_by_address_before_the_lookup(
-    tenant, settings, django_assert_num_queries
-) -> None:
+def test_invalid_keys_are_throttled_by_address_before_the_lookup(tenant, settings, django_assert_num_queries) -> None:
     settings.AUTH_FAILURES_PER_MINUTE = 5
     attacker = APIClient(REMOTE_ADDR="203.0.113.7")
     statuses = []
