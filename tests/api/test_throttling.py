@@ -8,9 +8,10 @@ import time
 import uuid
 
 import pytest
+from django.test import Client
 from rest_framework.test import APIClient
 
-from users.models import APIKey, Organization
+from users.models import APIKey, Organization, User
 
 pytestmark = pytest.mark.django_db
 
@@ -181,3 +182,30 @@ def test_requests_pass_when_redis_is_down(tenant, settings, redis_down) -> None:
     anon = APIClient()
     anon.credentials(HTTP_AUTHORIZATION=f"Bearer {random_key()}")
     assert [anon.get("/api/v1/me/").status_code for _ in range(3)] == [401, 401, 401]
+
+
+def test_organization_override_is_set_in_the_admin(make_tenant) -> None:
+    tenant = make_tenant()
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("ops@limits.test", "pw"))
+    url = f"/admin/users/organization/{tenant.organization_id}/change/"
+    page = staff.get(url)
+    assert b'name="requests_per_minute"' in page.content and b'name="tokens_per_minute"' in page.content
+    organization = Organization.objects.get(id=tenant.organization_id)
+    inline = organization.memberships.get()
+    form = {
+        "name": organization.name,
+        "requests_per_minute": "1",
+        "tokens_per_minute": "",
+        "memberships-TOTAL_FORMS": "1",
+        "memberships-INITIAL_FORMS": "1",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+        "memberships-0-id": str(inline.id),
+        "memberships-0-organization": str(tenant.organization_id),
+        "memberships-0-user": str(inline.user_id),
+        "memberships-0-role": inline.role,
+    }
+    assert staff.post(url, form).status_code == 302
+    assert Organization.objects.get(id=tenant.organization_id).requests_per_minute == 1
+    assert [tenant.client.get("/api/v1/me/").status_code for _ in range(2)] == [200, 429]
