@@ -132,6 +132,7 @@ class _Renewer:
         self.held: dict[str, set[str]] = {}  # slots key -> holder ids
         self.pid = 0
         self.wake = threading.Event()
+        self.interval = 0.0  # what the thread is sleeping for
 
     def add(self, key: str, holder: str) -> None:
         with self.lock:
@@ -140,6 +141,8 @@ class _Renewer:
                 self.held = {}  # a child renews only its own holders
                 threading.Thread(target=self._run, name="llm-slot-renewer", daemon=True).start()
             self.held.setdefault(key, set()).add(holder)
+        if float(settings.LLM_SLOT_TTL_S) / 3 < self.interval:
+            self.wake.set()  # the TTL was shortened: renew on the new schedule at once
 
     def remove(self, key: str, holder: str) -> None:
         with self.lock:
@@ -152,18 +155,23 @@ class _Renewer:
     def _run(self) -> None:
         pid = os.getpid()
         while self.pid == pid:
-            ttl = float(settings.LLM_SLOT_TTL_S)
-            self.wake.wait(ttl / 3)
+            self.interval = float(settings.LLM_SLOT_TTL_S) / 3
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            ttl_ms = int(float(settings.LLM_SLOT_TTL_S) * 1000)
             with self.lock:
                 batch = {key: sorted(holders) for key, holders in self.held.items()}
             for key, holders in batch.items():
                 try:
-                    renewed = _script(_RENEW)(keys=[key], args=[int(ttl * 1000), *holders])
+                    renewed = int(_script(_RENEW)(keys=[key], args=[ttl_ms, *holders]))
                 except RedisError:
                     log.warning("llm_slot_renew_failed", key=key, exc_info=True)
                     continue
-                if int(renewed) < len(holders):
-                    log.warning("llm_slot_lost", key=key, held=len(holders), renewed=int(renewed))
+                if renewed < len(holders):
+                    with self.lock:  # released meanwhile is fine; expired while held is not
+                        lost = len(self.held.get(key, set()) & set(holders)) - renewed
+                    if lost > 0:
+                        log.warning("llm_slot_lost", key=key, lost=lost)
 
 
 _renewer = _Renewer()
