@@ -21,7 +21,11 @@ class Principal(Contract):
     organization_name: str
     api_key_id: UUID
     user_id: int | None
+    # Per-minute limit overrides (None: the settings' defaults; 0: unlimited).
     rate_limit_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    organization_requests_per_minute: int | None = None
+    organization_tokens_per_minute: int | None = None
 
 
 class ApiKeyInfo(Contract):

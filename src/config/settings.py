@@ -7,6 +7,7 @@ Invalid or contradictory values stop the process with one line (see ``config.env
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import django_stubs_ext
@@ -305,7 +306,37 @@ DEFAULT_MONTHLY_BUDGET_USD = env.str("DEFAULT_MONTHLY_BUDGET_USD", default="100"
 # ---------------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
-API_THROTTLE_RATE = env.str("API_THROTTLE_RATE", default="600/min")
+# Rate limits (docs/decisions/rate-limits.md): per RATE_LIMIT_WINDOW_S (a minute), 0 = unlimited;
+# an organization's or a key's override in the admin replaces the default.
+# API_THROTTLE_RATE ("600/min"), the per-key rate of before, still sets the key default.
+
+
+def _per_minute(rate: str, default: int) -> int:
+    count, _, period = rate.partition("/")
+    seconds = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}.get(period)
+    return max(1, int(count) * 60 // seconds) if count.isdigit() and int(count) > 0 and seconds else default
+
+
+RATE_LIMIT_WINDOW_S = env.int("RATE_LIMIT_WINDOW_S", default=60)
+_legacy_key_rate = _per_minute(env.str("API_THROTTLE_RATE", default=""), 600)
+KEY_REQUESTS_PER_MINUTE = env.int("KEY_REQUESTS_PER_MINUTE", default=_legacy_key_rate)
+ORG_REQUESTS_PER_MINUTE = env.int("ORG_REQUESTS_PER_MINUTE", default=3000)
+KEY_TOKENS_PER_MINUTE = env.int("KEY_TOKENS_PER_MINUTE", default=1_000_000)
+ORG_TOKENS_PER_MINUTE = env.int("ORG_TOKENS_PER_MINUTE", default=2_000_000)
+AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=60)  # per client address
+API_TRUSTED_PROXIES = env.int("API_TRUSTED_PROXIES", default=0)  # X-Forwarded-For hops to trust
+# Per provider model: "model=calls_in_flight:tokens_per_minute,..." (0 or absent = unlimited).
+LLM_MODEL_LIMITS = env.str("LLM_MODEL_LIMITS", default="")
+LLM_SLOT_TTL_S = env.float("LLM_SLOT_TTL_S", default=30.0)  # a dead holder's slot frees after this
+for _name in ("KEY_REQUESTS_PER_MINUTE", "ORG_REQUESTS_PER_MINUTE", "KEY_TOKENS_PER_MINUTE", "ORG_TOKENS_PER_MINUTE"):
+    if globals()[_name] < 0:
+        _config_errors.append(f"{_name} must be 0 (unlimited) or positive")
+if RATE_LIMIT_WINDOW_S < 1:
+    _config_errors.append("RATE_LIMIT_WINDOW_S must be at least 1")
+if not re.fullmatch(r"\s*([^=,\s]+\s*=\s*\d+(:\d+)?\s*(,\s*|$))*", LLM_MODEL_LIMITS):
+    _config_errors.append(f"LLM_MODEL_LIMITS must read model=calls[:tokens_per_minute],... (got {LLM_MODEL_LIMITS!r})")
+if LLM_SLOT_TTL_S < 3:
+    _config_errors.append("LLM_SLOT_TTL_S must be at least 3 (holders renew every third of it)")
 QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)
 
 REST_FRAMEWORK = {

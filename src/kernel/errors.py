@@ -53,6 +53,18 @@ def error_body(
     return body
 
 
+def _retry_after(exc: DomainError) -> dict[str, str]:
+    """A 429 or 503 whose ``retry_after`` (whole seconds) is known says so in the header too."""
+    wait = exc.extra.get("retry_after")
+    return {"Retry-After": str(int(wait))} if isinstance(wait, int) and exc.status_code in (429, 503) else {}
+
+
+def error_response(exc: DomainError) -> JsonResponse:
+    """A domain error as a plain Django response, for views outside DRF (the SSE stream)."""
+    body = error_body(status_code=exc.status_code, code=exc.code, detail=exc.detail, **exc.extra)
+    return JsonResponse(body, status=exc.status_code, headers=_retry_after(exc))
+
+
 def _flatten(detail: Any, attr: str | None = None) -> list[dict[str, Any]]:
     """Turn DRF's nested ValidationError detail into a flat list of field errors."""
     if isinstance(detail, dict):
@@ -77,6 +89,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             error_body(status_code=exc.status_code, code=exc.code, detail=exc.detail, **exc.extra),
             status=exc.status_code,
+            headers=_retry_after(exc),
         )
     if isinstance(exc, RequestDataTooBig):
         exc = exceptions.APIException("Request body is too large.")

@@ -17,7 +17,7 @@ class MembershipInline(admin.TabularInline[Membership, Organization]):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin[Organization]):
-    list_display = ["name", "id", "created_at"]
+    list_display = ["name", "id", "requests_per_minute", "tokens_per_minute", "created_at"]
     search_fields = ["name", "id"]
     inlines = [MembershipInline]
 

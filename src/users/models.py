@@ -47,6 +47,17 @@ class User(AbstractUser):
 class Organization(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
+    requests_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="API requests per minute for the whole organization (0 = unlimited). Empty: ORG_REQUESTS_PER_MINUTE.",
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Estimated LLM tokens per minute for the whole organization "
+        "(0 = unlimited). Empty: ORG_TOKENS_PER_MINUTE.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -84,7 +95,14 @@ class APIKey(models.Model):
     prefix = models.CharField(max_length=16, unique=True)
     key_hash = models.CharField(max_length=64, unique=True)
     rate_limit_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Overrides API_THROTTLE_RATE for this key."
+        null=True,
+        blank=True,
+        help_text="API requests per minute for this key (0 = unlimited). Empty: KEY_REQUESTS_PER_MINUTE.",
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Estimated LLM tokens per minute for this key (0 = unlimited). Empty: KEY_TOKENS_PER_MINUTE.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

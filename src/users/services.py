@@ -8,16 +8,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from contextlib import suppress
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
-from django.db import IntegrityError, transaction
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from contracts.users import ApiKeyInfo, ApiKeyIssued, Organization, Principal
 from kernel.errors import DomainError, NotFoundError
+from users import limits
+from users.limits import RateLimited as RateLimited  # re-exported: the public surface of the limits
+from users.limits import TokensRateLimited as TokensRateLimited
+from users.limits import auth_failure_check as auth_failure_check
+from users.limits import auth_failure_record as auth_failure_record
+from users.limits import client_address as client_address
+from users.limits import request_throttle as request_throttle
+from users.limits import token_usage_correct as token_usage_correct
+from users.limits import token_usage_reserve as token_usage_reserve
 from users.models import APIKey, Membership, User
 from users.models import Organization as OrganizationModel
 
@@ -140,13 +152,42 @@ def api_key_authenticate(*, raw_key: str) -> Principal:
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         APIKey.objects.filter(pk=key.pk).exclude(last_used_at__gt=now - LAST_USED_RESOLUTION).update(last_used_at=Now())
-    return Principal(
+    principal = Principal(
         organization_id=key.organization_id,
         organization_name=key.organization.name,
         api_key_id=key.id,
         user_id=key.created_by_id,
         rate_limit_per_minute=key.rate_limit_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+        organization_requests_per_minute=key.organization.requests_per_minute,
+        organization_tokens_per_minute=key.organization.tokens_per_minute,
     )
+    limits.remember(principal)
+    return principal
+
+
+async def stream_throttle(*, meta: Mapping[str, Any], raw_key: str) -> None:
+    """For the SSE view (not a DRF view): the address's failed-login budget before the
+    key lookup, then the key's and organization's request limits. Raises ``RateLimited``
+    or ``InvalidApiKey``. The lookup runs in a worker thread that closes its connection."""
+    await sync_to_async(_stream_throttle, thread_sensitive=False)(limits.client_address(meta), raw_key)
+
+
+def _stream_throttle(address: str, raw_key: str) -> None:
+    try:
+        refused = limits.auth_failure_check(address)
+        if not refused.allowed:
+            raise RateLimited("Too many failed authentications from this address.", retry_after=refused.retry_after_s)
+        try:
+            principal = api_key_authenticate(raw_key=raw_key)
+        except InvalidApiKey:
+            limits.auth_failure_record(address)
+            raise
+        decision = limits.request_throttle(principal)
+        if not decision.allowed:
+            raise RateLimited(retry_after=decision.retry_after_s)
+    finally:
+        connection.close()
 
 
 def api_key_revoke(*, prefix: str, organization_id: UUID | None = None) -> ApiKeyInfo:

@@ -37,7 +37,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
-from kernel.errors import error_body
+from kernel.errors import error_body, error_response
 from llm import services
 from llm.streams import AsyncStreamReader, StreamEvent, id_order, is_terminal
 from users import services as users
@@ -133,6 +133,10 @@ async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
             "Authentication credentials were not provided.",
             **{"WWW-Authenticate": 'Bearer realm="api"'},
         )
+    try:  # before any stream work: address (failed logins), key and organization limits
+        await users.stream_throttle(meta=request.META, raw_key=raw_key.strip())
+    except (users.RateLimited, users.InvalidApiKey) as exc:
+        return error_response(exc)
     reader = AsyncStreamReader(task_id)
     handed_over = False
     try:

@@ -19,10 +19,12 @@ from contracts.llm import AITask as AITaskContract
 from contracts.llm import AITaskPage, TaskSubmission
 from kernel.errors import ConflictError, NotFoundError
 from llm import response_cache, selectors, streams
+from llm.limits import task_token_estimate
 from llm.models import AITask, DeadLetter
 from llm.providers.tokens import estimate_tokens
 from llm.services import dispatch as gate
 from llm.services._common import announce_terminal, dispatch, enqueue_webhook, to_task
+from users import services as users
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +54,17 @@ def task_submit(submission: TaskSubmission) -> AITaskContract:
     hit = response_cache.get(key) if submission.use_cache else None
     if hit is not None:
         return _submit_cached(submission, hit)
+    tokens = task_token_estimate(prompt=submission.prompt, max_tokens=submission.max_tokens)
+    org_id, key_id = submission.organization_id, submission.api_key_id
+    users.token_usage_reserve(organization_id=org_id, api_key_id=key_id, tokens=tokens)  # or 429
+    try:
+        return _submit_new(submission)
+    except BaseException:
+        users.token_usage_correct(organization_id=org_id, api_key_id=key_id, estimated=tokens, actual=0)
+        raise
+
+
+def _submit_new(submission: TaskSubmission) -> AITaskContract:
     task_id = uuid.uuid4()
     with transaction.atomic():
         reservation = billing.budget_reserve(
@@ -157,7 +170,18 @@ def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
             billing.reservation_release(reservation_id=task.reservation_id)
         announce_terminal(task)
         transaction.on_commit(lambda: _after_cancel(task))
+        transaction.on_commit(lambda: _tokens_settle(task))
     return to_task(task)
+
+
+def _tokens_settle(task: AITask) -> None:
+    """A cancelled task gives back its reserved tokens per minute (the worker settles the others)."""
+    users.token_usage_correct(
+        organization_id=task.organization_id,
+        api_key_id=task.api_key_id,
+        estimated=task_token_estimate(prompt=task.prompt, max_tokens=task.max_tokens),
+        actual=task.input_tokens + task.output_tokens,
+    )
 
 
 def _after_cancel(task: AITask) -> None:
@@ -211,6 +235,15 @@ def task_rerun(*, task_id: UUID) -> AITaskContract:
         )
         task.refresh_from_db()
         transaction.on_commit(lambda: dispatch(task.id, task.priority))
+        # Counted without a check (staff asked for it); the worker corrects it on settling.
+        transaction.on_commit(
+            lambda: users.token_usage_correct(
+                organization_id=task.organization_id,
+                api_key_id=task.api_key_id,
+                estimated=0,
+                actual=task_token_estimate(prompt=task.prompt, max_tokens=task.max_tokens),
+            )
+        )
     return to_task(task)
 
 

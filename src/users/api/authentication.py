@@ -37,9 +37,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, raw_key = header.partition(" ")
         if scheme.lower() != self.keyword.lower() or not raw_key.strip():
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
+        address = services.client_address(request.META)
+        refused = services.auth_failure_check(address)  # before the lookup: brute force gets 429
+        if not refused.allowed:
+            raise exceptions.Throttled(wait=refused.retry_after_s)
         try:
             principal = services.api_key_authenticate(raw_key=raw_key.strip())
         except services.InvalidApiKey as exc:
+            services.auth_failure_record(address)
             raise exceptions.AuthenticationFailed(exc.detail) from exc
         context.bind(
             organization_id=str(principal.organization_id),

@@ -1,36 +1,23 @@
-"""Per-API-key rate limits in Redis: one atomic INCR per request in a fixed window.
+"""DRF throttle: requests per minute per API key and per organization, atomic in Redis
+across every process (moving windows, ``users.limits``), 429 with ``Retry-After``.
 
-If Redis is unreachable the throttle lets the request through (and logs): a cache
-outage must not take the API down with it.
+Invalid keys are refused by address before their lookup (``ApiKeyAuthentication``);
+the SSE view, which is not a DRF view, calls ``users.services.stream_throttle``. A Redis outage lets
+requests through (and logs): it must not take the API down with it.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
-import structlog
-from django.conf import settings
-from django_redis import get_redis_connection
-from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from contracts.users import Principal
+from users import services
 
 if TYPE_CHECKING:  # rest_framework.views imports this module through its settings
     from rest_framework.views import APIView
-
-log = structlog.get_logger(__name__)
-PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-
-
-def parse_rate(rate: str) -> tuple[int, int]:
-    """``"600/min"`` → ``(600, 60)``."""
-    count, _, period = rate.partition("/")
-    if period not in PERIODS or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"invalid rate {rate!r}; use e.g. 600/min")
-    return int(count), PERIODS[period]
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -43,24 +30,11 @@ class ApiKeyRateThrottle(BaseThrottle):
         principal = request.auth
         if not isinstance(principal, Principal):
             return True  # unauthenticated requests are refused before this matters
-        limit, period = parse_rate(settings.API_THROTTLE_RATE)
-        if principal.rate_limit_per_minute:
-            limit, period = principal.rate_limit_per_minute, 60
-        now = time.time()
-        window = int(now // period)
-        key = f"throttle:{self.scope}:{principal.api_key_id}:{period}:{window}"
-        try:
-            pipe = get_redis_connection("default").pipeline()
-            pipe.incr(key)
-            pipe.expire(key, period + 1)
-            count = int(pipe.execute()[0])
-        except RedisError:
-            log.warning("throttle_unavailable", exc_info=True)
+        decision = services.request_throttle(principal)
+        if decision.allowed:
             return True
-        if count > limit:
-            self._wait = (window + 1) * period - now
-            return False
-        return True
+        self._wait = decision.retry_after_s
+        return False
 
     def wait(self) -> float | None:
         return self._wait
