@@ -328,6 +328,9 @@ API_TRUSTED_PROXIES = env.int("API_TRUSTED_PROXIES", default=0)  # X-Forwarded-F
 # Per provider model: "model=calls_in_flight:tokens_per_minute,..." (0 or absent = unlimited).
 LLM_MODEL_LIMITS = env.str("LLM_MODEL_LIMITS", default="")
 LLM_SLOT_TTL_S = env.float("LLM_SLOT_TTL_S", default=30.0)  # a dead holder's slot frees after this
+# How long a worker thread waits for a model's slot (or a 429 back-off) before the task
+# goes back to the gate, its attempt not spent.
+LLM_SLOT_WAIT_S = env.float("LLM_SLOT_WAIT_S", default=5.0)
 for _name in ("KEY_REQUESTS_PER_MINUTE", "ORG_REQUESTS_PER_MINUTE", "KEY_TOKENS_PER_MINUTE", "ORG_TOKENS_PER_MINUTE"):
     if globals()[_name] < 0:
         _config_errors.append(f"{_name} must be 0 (unlimited) or positive")

@@ -343,3 +343,40 @@ class TestSweeper:
         settings.TASK_TIME_LIMIT = -1  # everything counts as old enough
         assert services.tasks_sweep().reservations_released == 1
         assert budget(tenant).reserved_usd == 0
+
+
+class TestProviderLimits:
+    def test_a_provider_429_makes_every_worker_hold_off_the_model(self, tenant, run) -> None:
+        from llm.limits import provider_backoff_remaining
+
+        task_id = submit(tenant, prompt="Busy provider #fake:error=429:1")
+        assert provider_backoff_remaining("fake-small") == 0
+        assert run(task_id).kind == "retry"
+        assert provider_backoff_remaining("fake-small") > 0  # Retry-After: 1 from the fake
+
+    def test_no_slot_in_time_puts_the_task_back_without_spending_an_attempt(self, tenant, run, settings) -> None:
+        from llm.limits import provider_slot
+
+        settings.LLM_MODEL_LIMITS = "fake-small=1"
+        settings.LLM_SLOT_WAIT_S = 0.2
+        task_id = submit(tenant)
+        with provider_slot("fake-small", timeout_s=1):  # another worker holds the only slot
+            assert run(task_id).kind == "retry"
+        task = AITask.objects.get(id=task_id)
+        assert (task.status, task.attempts, task.dispatched_at) == ("pending", 0, None)
+        assert task.available_at is not None and task.available_at > timezone.now()
+        AITask.objects.filter(id=task_id).update(available_at=timezone.now())
+        assert run(task_id).kind == "done"  # the slot is free again
+        assert AITask.objects.get(id=task_id).attempts == 1
+
+    def test_deltas_of_each_attempt_follow_its_attempt_mark(self, tenant, run) -> None:
+        task_id = submit(tenant, prompt="Flaky once #fake:error=503:1")
+        assert run(task_id).kind == "retry"
+        AITask.objects.filter(id=task_id).update(available_at=timezone.now())
+        assert run(task_id).kind == "done"
+        events = stream_events(task_id)
+        marks = [data["attempt"] for kind, data in events if kind == "attempt"]
+        assert marks == [1, 2]
+        second = [i for i, (kind, _) in enumerate(events) if kind == "attempt"][1]
+        deltas = [(i, data) for i, (kind, data) in enumerate(events) if kind == "delta"]
+        assert deltas and all(i > second and data["attempt"] == 2 for i, data in deltas)

@@ -32,12 +32,14 @@ from billing import services as billing
 from contracts.billing import TokenUsage
 from kernel.db import release_connection
 from llm import response_cache, streams
+from llm.limits import ProviderBusy, provider_backoff, provider_slot, task_token_estimate
 from llm.models import AITask, DeadLetter
-from llm.providers import Completion, CompletionRequest, ProviderError, TextDelta, get_provider
+from llm.providers import Completion, CompletionRequest, ProviderError, RateLimited, TextDelta, get_provider
 from llm.providers.base import CallAborted, CallGuard, guarded
 from llm.providers.tokens import estimate_tokens
 from llm.services._common import announce_terminal, publish_status, queue_for
 from llm.services.runtime import runtime
+from users import services as users
 
 log = structlog.get_logger(__name__)
 
@@ -105,9 +107,15 @@ def _attempt(task: AITask) -> Outcome:
     guard = CallGuard()
     call = runtime().track(task_id=task.id, lease_token=task.lease_token, queue=queue_for(task.priority), guard=guard)
     produced: list[str] = []
+    estimate = task_token_estimate(prompt=task.prompt, max_tokens=task.max_tokens)
     try:
-        with guarded(guard):
+        # A slot of the model's calls in flight (and its tokens per minute), shared by every
+        # worker; while the provider pushes back (429) no slot is handed out.
+        with provider_slot(task.model, timeout_s=settings.LLM_SLOT_WAIT_S, tokens=estimate) as slot, guarded(guard):
             completion = _run(get_provider().stream(request), task, produced)
+            slot.record_tokens(completion.input_tokens + completion.output_tokens)
+    except ProviderBusy as exc:
+        return _wait_for_provider(task, exc)
     except SoftTimeLimitExceeded:  # the prefork pool's signal, where that pool is used
         return _timed_out(task)
     except CallAborted as exc:
@@ -117,6 +125,8 @@ def _attempt(task: AITask) -> Outcome:
             return _aborted(task, guard.reason or "aborted", produced)
         if not exc.retryable:
             return _fail(task, code=exc.code, error=str(exc))
+        if isinstance(exc, RateLimited):  # back-pressure: every worker holds off this model
+            provider_backoff(task.model, exc.retry_after or backoff_seconds(task.attempts))
         return _retry_or_dead_letter(task, code=exc.code, error=str(exc), retry_after=exc.retry_after)
     except Exception as exc:  # an unexpected bug: retry like an outage, dead-letter in the end
         if guard.aborted:
@@ -186,6 +196,7 @@ def _complete(task: AITask, completion: Completion) -> Outcome:
             AITask.objects.filter(id=task.id).update(cost_usd=entry.cost_usd)
         task.refresh_from_db()
         announce_terminal(task)
+        _correct_tokens(task, actual=completion.input_tokens + completion.output_tokens)
         if task.use_cache:
             key = response_cache.cache_key(
                 organization_id=task.organization_id, model=task.model, max_tokens=task.max_tokens, prompt=task.prompt
@@ -253,6 +264,35 @@ def fail_bookkeeping(task: AITask, *, error: str, dead_letter: bool) -> None:
         DeadLetter.objects.create(task_id=task.id, reason=error, attempts=task.attempts)
     task.refresh_from_db()
     announce_terminal(task)
+    _correct_tokens(task, actual=0)
+
+
+def _correct_tokens(task: AITask, *, actual: int) -> None:
+    """Tokens per minute were reserved at submit from an estimate: settle them to what the
+    task used (after commit; a Redis outage only loses the correction)."""
+    estimated = task_token_estimate(prompt=task.prompt, max_tokens=task.max_tokens)
+    transaction.on_commit(
+        lambda: users.token_usage_correct(
+            organization_id=task.organization_id, api_key_id=task.api_key_id, estimated=estimated, actual=actual
+        )
+    )
+
+
+def _wait_for_provider(task: AITask, busy: ProviderBusy) -> Outcome:
+    """No slot for the model in time (its calls in flight are at the limit, or it pushes
+    back with 429s): back to the gate with a due time, the attempt not spent."""
+    updated = AITask.objects.filter(_held(task)).update(
+        status=AITask.Status.PENDING,
+        attempts=F("attempts") - 1,
+        lease_token=None,
+        lease_expires_at=None,
+        available_at=Now() + Value(timedelta(seconds=busy.retry_after_s)),
+        dispatched_at=None,
+    )
+    if not updated:
+        return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
+    log.info("task_waits_for_provider", task_id=str(task.id), model=task.model, reason=busy.reason)
+    return Outcome("retry", countdown=busy.retry_after_s, queue=queue_for(task.priority))
 
 
 def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: float | None) -> Outcome:

@@ -216,10 +216,15 @@ class Runtime:
                 [settings.TASK_LEASE_SECONDS, [c.task_id for c in calls], [c.lease_token for c in calls]],
             )
             renewed = {row[0] for row in cursor.fetchall()}
-        for call in calls:
-            if call.task_id not in renewed:
-                # Cancelled (the cancel flag may be lost with Redis) or reclaimed.
-                cancelled = AITask.objects.filter(id=call.task_id, status=AITask.Status.CANCELLED).exists()
+        missed = [call for call in calls if call.task_id not in renewed]
+        if not missed:
+            return
+        # Cancelled (the cancel flag may be lost with Redis) or reclaimed by another worker.
+        # A row this connection cannot see at all is left alone: nobody else can hold it.
+        statuses = dict(AITask.objects.filter(id__in=[c.task_id for c in missed]).values_list("id", "status"))
+        for call in missed:
+            if call.task_id in statuses:
+                cancelled = statuses[call.task_id] == AITask.Status.CANCELLED
                 call.guard.abort("cancelled" if cancelled else "lease_lost")
 
     def _register(self) -> None:
