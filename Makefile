@@ -7,13 +7,13 @@ export PYTHONPATH := src:.
 # Tests always run with the test settings, whatever DJANGO_SETTINGS_MODULE the shell has.
 PYTEST := $(BIN)/pytest --ds=config.settings_test
 
-.PHONY: help venv run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench clean
+.PHONY: help venv run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
 
 help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
 	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, the whole pytest suite"
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
-	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks"
+	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks (bench-quick: about 3 minutes)"
 
 $(BIN)/.installed: pyproject.toml
 	@PY=$$(scripts/find-python.sh) && { [ -x $(BIN)/python ] || "$$PY" -m venv $(VENV); }
@@ -67,10 +67,16 @@ test: lint typecheck imports openapi-check
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput
 
+# The bench uses its own database and Redis databases (bench/stack.py): 8 for the cache, 0 for the broker.
+BENCH_SERVICES := DATABASE_URL=postgres:///switchyard_bench REDIS_URL=redis://127.0.0.1:6379/8
+
 bench: venv
-	scripts/ensure-services.sh
+	$(BENCH_SERVICES) scripts/ensure-services.sh
 	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: BENCH_ARGS += --quick
+bench-quick: bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache staticfiles

@@ -270,6 +270,8 @@ API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 API_THROTTLE_RATE = env.str("API_THROTTLE_RATE", default="600/min")
 QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)
+# Benchmark-only baseline views under /bench/ (config.bench_views); never on in production.
+BENCH_VIEWS = env.bool("BENCH_VIEWS", default=False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["users.api.authentication.ApiKeyAuthentication"],
