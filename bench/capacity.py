@@ -25,13 +25,20 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
             "floor": (f"{stack.web}/bench/floor/", wrk.post_script(BODY)),
             "naive": (f"{stack.web}/bench/naive/", wrk.post_script(BODY)),
         }
-        # Warm every path (imports, connections) and fill the pools: "workers busy".
-        for url, script in targets.values():
-            wrk.run(url, seconds=2, connections=8, script=script, threads=1)
+        # Warm the paths (imports, connections) and fill the pools: "workers busy". Not the
+        # naive view: its warm-up requests would still hold threads when the run starts.
+        for name, (url, script) in targets.items():
+            if name != "naive":
+                wrk.run(url, seconds=2, connections=8, script=script, threads=1)
+        # A yardstick of the machine's state in this run: the cheapest request there is.
+        healthz = wrk.run(f"{stack.web}/healthz", seconds=3, connections=connections, script=wrk.get_script())
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        # Each naive request takes the whole latency: run long enough for several waves.
+        naive_seconds = max(seconds, 4 * latency // 1000)
         for _ in range(sizes.capacity_rounds):  # rounds alternate, so drift hits all three alike
             for name, (url, script) in targets.items():
-                rounds[name].append(wrk.run(url, seconds=seconds, connections=connections, script=script))
+                duration = naive_seconds if name == "naive" else seconds
+                rounds[name].append(wrk.run(url, seconds=duration, connections=connections, script=script))
         open_loop = [
             client(
                 "open",
@@ -68,6 +75,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
             "req/s",
             note=f"{latency} ms inline call; " + _pcts(rounds["naive"]),
         ),
+        Figure(s, "GET /healthz rate (yardstick of the machine)", healthz["rps"], "req/s", note=_pcts([healthz])),
         Figure(s, "platform / floor", rps["platform"] / rps["floor"], "x", 0.5, "higher"),
         Figure(s, "platform / naive", rps["platform"] / max(rps["naive"], 1e-9), "x", 50, "higher"),
     ]
@@ -78,7 +86,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
             note += f", client late on {result['client_late']} sends"
         target = 50.0 if rate == 100 else None
         figures.append(Figure(s, f"open loop {rate:.0f} req/s offered: p95", result["p95_ms"], "ms", target, note=note))
-    return figures, {"wrk": rounds, "open_loop": open_loop, "latency_ms": latency}
+    return figures, {"wrk": rounds, "healthz": healthz, "open_loop": open_loop, "latency_ms": latency}
 
 
 def _pcts(results: list[dict[str, float]]) -> str:

@@ -70,7 +70,9 @@ def console(figures: list[Figure]) -> str:
     for f in figures:
         value = f"{_num(f.value)} {f.unit}".strip()
         target = f"target {f.target_text()}: {f.verdict()}" if f.target is not None else ""
-        lines.append(f"  {f.scenario:10} {f.name:52} {value:>16}  {target}")
+        lines.append(f"  {f.scenario:10} {f.name:52} {value:>16}  {target}".rstrip())
+        if f.note:
+            lines.append(f"  {'':10}   ({f.note})")
     return "\n".join(lines)
 
 

@@ -52,16 +52,16 @@ class Sizes:
 
 
 QUICK = Sizes(
-    inflight_deadline_s=40,
-    memory_large=600,
+    inflight_deadline_s=35,
+    memory_large=500,
     memory_deadline_s=120,
-    fairness_backlog=400,
-    fairness_deadline_s=20,
-    capacity_seconds=8,
+    fairness_backlog=300,
+    fairness_deadline_s=15,
+    capacity_seconds=6,
     capacity_rounds=1,
     open_loop_rates=(100.0,),
-    open_loop_seconds=8,
-    dispatch_tasks=60,
+    open_loop_seconds=6,
+    dispatch_tasks=50,
     dispatch_rate=5.0,
 )
 

@@ -270,7 +270,9 @@ def running(extra: Mapping[str, str], roles: tuple[str, ...] = ROLES) -> Iterato
     purge_queues()
     stack = Stack(env={**base_env(), **extra})
     try:
+        started = time.monotonic()
         stack.start(roles)
+        print(f"bench:   stack up in {time.monotonic() - started:.1f} s", flush=True)
         yield stack, db
     finally:
         db.cancel_open()
