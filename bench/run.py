@@ -7,7 +7,7 @@ separate processes (wrk; an asyncio httpx client), prints every figure with its 
 and "met" / "missed by X", and writes ``bench/results/<date>.json`` plus a markdown
 table that ``docs/benchmarks.md`` shows. It asserts nothing: it reports.
 
-Scenarios (in this order): inflight, memory, fairness, submit, dispatch; ``serving``
+Scenarios (in this order): inflight, memory, fairness, submit, dispatch, priority; ``serving``
 (WSGI against ASGI) runs only when named.
 
 Usage: make bench | make bench-quick | python -m bench.run [--quick] [--scenario NAME ...]
@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import report
 from bench.capacity import capacity
+from bench.priority import priority
 from bench.report import Figure
 from bench.scenarios import QUICK, Keys, Sizes, dispatch, fairness, inflight, memory
 from bench.serving import serving
@@ -39,9 +40,10 @@ SCENARIOS: dict[str, Scenario] = {
     "fairness": fairness,
     "submit": capacity,
     "dispatch": dispatch,
+    "priority": priority,
     "serving": serving,
 }
-DEFAULT = ("inflight", "memory", "fairness", "submit", "dispatch")
+DEFAULT = ("inflight", "memory", "fairness", "submit", "dispatch", "priority")
 
 
 def prepare() -> Keys:
