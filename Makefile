@@ -13,7 +13,7 @@ help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
 	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, the whole pytest suite"
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
-	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks (bench-quick: about 3 minutes)"
+	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks (bench-quick: smaller counts)"
 
 $(BIN)/.installed: pyproject.toml
 	@PY=$$(scripts/find-python.sh) && { [ -x $(BIN)/python ] || "$$PY" -m venv $(VENV); }

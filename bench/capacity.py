@@ -65,7 +65,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     where = f"wrk 2 threads x {connections} connections x {seconds} s x {sizes.capacity_rounds} rounds"
     figures = [
         Figure(s, "POST /api/v1/ai-tasks/ closed-loop rate", rps["platform"], "req/s", note=where),
-        Figure(s, "platform p50 / p95 / p99", mean("platform", "p95_ms"), "ms (p95)", note=_pcts(rounds["platform"])),
+        Figure(s, "platform p95 (closed loop)", mean("platform", "p95_ms"), "ms", note=_pcts(rounds["platform"])),
         Figure(s, "platform errors (non-2xx, socket, timeout)", errors["platform"], "", 0),
         Figure(s, "floor view closed-loop rate", rps["floor"], "req/s", note=_pcts(rounds["floor"])),
         Figure(

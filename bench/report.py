@@ -62,7 +62,8 @@ def _num(value: float) -> str:
 
 def git_revision() -> str:
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    return (result.stdout.strip() or "unknown") + ("+changes" if status.stdout.strip() else "")
 
 
 def console(figures: list[Figure]) -> str:

@@ -76,7 +76,7 @@ def worker_pool() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller counts and shorter runs (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts and shorter runs")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable)")
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for every stack"
