@@ -34,7 +34,7 @@ def _run(stack: Stack, db: Database, keys: Keys, sizes: Sizes, backlog: str, bat
     client("burst", url, keys.a, str(sizes.priority_backlog), *common, tag_backlog, "--priority", backlog)
     client("burst", url, keys.a, str(sizes.priority_batch), *common, tag_batch, "--priority", batch)
     deadline = time.monotonic() + sizes.priority_deadline_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stack.aborted.is_set():
         _, not_started = _waits(db, tag_batch)
         if not not_started:
             break

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import report
+from bench import report, stack
 from bench.capacity import capacity
 from bench.priority import priority
 from bench.report import Figure
@@ -98,7 +98,7 @@ def main() -> int:
     figures: list[Figure] = []
     details: dict[str, Any] = {"sizes": sizes.__repr__()}
     for name in names:
-        started = time.monotonic()
+        started, aborts = time.monotonic(), len(stack.ABORTS)
         print(f"bench: {name} ...", flush=True)
         try:
             found, detail = SCENARIOS[name](keys, sizes)
@@ -108,6 +108,8 @@ def main() -> int:
                 [Figure(name, f"scenario failed: {type(exc).__name__}", float("nan"), "")],
                 {"error": repr(exc)},
             )
+        for reason in stack.ABORTS[aborts:]:
+            found.append(Figure(name, "stack stopped early by the connection guard", float("nan"), "", note=reason))
         detail["wall_s"] = round(time.monotonic() - started, 1)
         figures += found
         details[name] = detail

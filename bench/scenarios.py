@@ -102,9 +102,11 @@ def batch_state(db: Database, batch: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def wait_terminal(db: Database, batch: str, count: int, deadline_s: float) -> tuple[bool, float]:
+def wait_terminal(
+    db: Database, batch: str, count: int, deadline_s: float, abort: threading.Event | None = None
+) -> tuple[bool, float]:
     start = time.monotonic()
-    while time.monotonic() - start < deadline_s:
+    while time.monotonic() - start < deadline_s and not (abort and abort.is_set()):
         _, terminal, _ = batch_state(db, batch)
         if terminal >= count:
             return True, time.monotonic() - start
@@ -166,7 +168,9 @@ def inflight(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         first_submit = time.monotonic()
         burst = submit(stack, keys.a, n, batch, concurrency=64)
         accepted = int(burst["submitted"])  # a rejected submit would otherwise hold the wait to the deadline
-        finished, _ = wait_terminal(db, batch, accepted, sizes.inflight_deadline_s - (time.monotonic() - first_submit))
+        finished, _ = wait_terminal(
+            db, batch, accepted, sizes.inflight_deadline_s - (time.monotonic() - first_submit), stack.aborted
+        )
         elapsed = time.monotonic() - first_submit
         _, terminal, _ = batch_state(db, batch)
         done = int(
@@ -232,13 +236,13 @@ def memory(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         batch = f"memory-{uuid.uuid4().hex[:8]}"
         cpu_worker, cpu_web = group_cpu_s(pgid), group_cpu_s(web)
         first = submit(stack, keys.a, small, batch, concurrency=16)
-        ok_small, _ = wait_terminal(db, batch, int(first["submitted"]), sizes.memory_deadline_s)
+        ok_small, _ = wait_terminal(db, batch, int(first["submitted"]), sizes.memory_deadline_s, stack.aborted)
         time.sleep(2)
         after_small = group_memory(pgid)
         second_started = time.monotonic()
         second = submit(stack, keys.a, large - small, batch, concurrency=16)
         accepted = int(first["submitted"]) + int(second["submitted"])
-        ok_large, _ = wait_terminal(db, batch, accepted, sizes.memory_deadline_s)
+        ok_large, _ = wait_terminal(db, batch, accepted, sizes.memory_deadline_s, stack.aborted)
         seconds = time.monotonic() - second_started
         time.sleep(2)
         after_large = group_memory(pgid)
@@ -295,7 +299,7 @@ def fairness(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         task_b = b["ids"][0]
         deadline = time.monotonic() + sizes.fairness_deadline_s
         wait = float("nan")
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stack.aborted.is_set():
             row = db.rows("SELECT extract(epoch FROM started_at - created_at) FROM llm_aitask WHERE id = %s", task_b)
             if row and row[0][0] is not None:
                 wait = float(row[0][0])
@@ -329,7 +333,7 @@ def dispatch(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     with running({"FAKE_LLM_LATENCY_MS": str(latency)}) as (stack, db):
         batch = f"dispatch-{uuid.uuid4().hex[:8]}"
         submit(stack, keys.a, sizes.dispatch_tasks, batch, concurrency=4, rate=sizes.dispatch_rate)
-        wait_terminal(db, batch, sizes.dispatch_tasks, 60)
+        wait_terminal(db, batch, sizes.dispatch_tasks, 60, stack.aborted)
         rows = db.rows(
             "SELECT extract(epoch FROM started_at - created_at), extract(epoch FROM completed_at - created_at) "
             "FROM llm_aitask WHERE metadata->>'bench' = %s AND status = 'done'",

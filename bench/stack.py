@@ -10,7 +10,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -196,6 +198,7 @@ class Stack:
     stream_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    aborted: threading.Event = field(default_factory=threading.Event)  # set by the connection guard
 
     @property
     def web(self) -> str:
@@ -269,14 +272,47 @@ def running(extra: Mapping[str, str], roles: tuple[str, ...] = ROLES) -> Iterato
     db.cancel_open()
     purge_queues()
     stack = Stack(env={**base_env(), **extra})
+    guard = ConnectionGuard(stack)
     try:
         started = time.monotonic()
         stack.start(roles)
         print(f"bench:   stack up in {time.monotonic() - started:.1f} s", flush=True)
+        guard.start()
         yield stack, db
     finally:
+        guard.done.set()
         db.cancel_open()
         purge_queues()
         stack.stop()
         purge_queues()
         db.close()
+
+
+# The PostgreSQL server is shared with other people's test runs (max_connections 100 on
+# the development machine): a stack that opens more than this many is stopped at once.
+CONNECTION_GUARD = int(os.environ.get("BENCH_MAX_CONNECTIONS", "80"))
+ABORTS: list[str] = []  # why stacks were stopped early, for the report
+
+
+class ConnectionGuard(threading.Thread):
+    def __init__(self, stack: Stack) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        db = Database()
+        try:
+            while not self.done.wait(0.25):
+                connections = db.connections()
+                if connections > CONNECTION_GUARD:
+                    reason = f"the stack opened {connections} PostgreSQL connections (guard {CONNECTION_GUARD})"
+                    print(f"bench: stopping the stack: {reason}", file=sys.stderr, flush=True)
+                    ABORTS.append(reason)
+                    self.stack.aborted.set()
+                    for process in self.stack.processes.values():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(process.pid, signal.SIGKILL)
+                    return
+        finally:
+            db.close()
