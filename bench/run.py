@@ -70,6 +70,7 @@ def worker_pool() -> str:
     pool = words[words.index("-P") + 1] if "-P" in words else "prefork"
     if "--pool" in words:
         pool = words[words.index("--pool") + 1]
+    pool = next((w.split("=", 1)[1] for w in words if w.startswith(("--pool=", "-P="))), pool)
     concurrency = words[words.index("--concurrency") + 1] if "--concurrency" in words else "?"
     return f"{pool}, concurrency {concurrency}"
 

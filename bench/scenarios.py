@@ -180,7 +180,14 @@ def inflight(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         sampler.join()
     s = "in-flight"
     if finished:
-        all_done = Figure(s, f"{n} tasks x {latency / 1000:.0f} s: first submit → all terminal", elapsed, "s", 30)
+        all_done = Figure(
+            s,
+            f"{n} tasks x {latency / 1000:.0f} s: first submit → all terminal",
+            elapsed,
+            "s",
+            30,
+            note=f"{done} done, {terminal - done} failed or cancelled, {n - accepted} not accepted",
+        )
     else:
         projected = elapsed * n / max(done, 1)
         all_done = Figure(
