@@ -11,13 +11,13 @@ PYTEST := $(BIN)/pytest --ds=config.settings_test
 # `make lock` writes it from pyproject.toml; the venv installs it and nothing else.
 LOCK := requirements/runtime.txt requirements/dev.txt
 
-.PHONY: help venv lock lock-check lint-docker run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench clean
+.PHONY: help venv lock lock-check lint-docker run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
 
 help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
 	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, the whole pytest suite"
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
-	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks"
+	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks (bench-quick: smaller counts)"
 	@echo "make lock    - re-resolve requirements/*.txt from pyproject.toml (after adding or changing a pin)"
 
 # Exactly the locked files: hashes checked, no resolution, wheels only (no compiler, no build
@@ -86,10 +86,16 @@ test: lock-check lint lint-docker typecheck imports openapi-check
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput
 
+# The bench uses its own database and Redis databases (bench/stack.py): 8 for the cache, 0 for the broker.
+BENCH_SERVICES := DATABASE_URL=postgres:///switchyard_bench REDIS_URL=redis://127.0.0.1:6379/8
+
 bench: venv
-	scripts/ensure-services.sh
+	$(BENCH_SERVICES) scripts/ensure-services.sh
 	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: BENCH_ARGS += --quick
+bench-quick: bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache staticfiles

@@ -341,6 +341,8 @@ if not re.fullmatch(r"\s*([^=,\s]+\s*=\s*\d+(:\d+)?\s*(,\s*|$))*", LLM_MODEL_LIM
 if LLM_SLOT_TTL_S < 3:
     _config_errors.append("LLM_SLOT_TTL_S must be at least 3 (holders renew every third of it)")
 QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)
+# Benchmark-only baseline views under /bench/ (config.bench_views); never on in production.
+BENCH_VIEWS = env.bool("BENCH_VIEWS", default=False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["users.api.authentication.ApiKeyAuthentication"],

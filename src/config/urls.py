@@ -1,5 +1,6 @@
 """Root URLconf shared by every server role (web and stream)."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -23,6 +24,14 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include(api_v1)),
 ]
+
+if settings.BENCH_VIEWS:  # benchmark baselines (bench/), off unless BENCH_VIEWS=true
+    from config import bench_views
+
+    urlpatterns += [
+        path("bench/floor/", bench_views.FloorSubmitApi.as_view(), name="bench-floor"),
+        path("bench/naive/", bench_views.NaiveSubmitApi.as_view(), name="bench-naive"),
+    ]
 
 handler404 = "kernel.errors.handler404"
 handler500 = "kernel.errors.handler500"

@@ -1,0 +1,1 @@
+"""Benchmark harness (issues 7 and 9): `make bench`, `make bench-quick`."""

@@ -1,0 +1,97 @@
+"""Issue 9: submit capacity (wrk, closed loop) against the floor and naive baselines
+served by the same web server in the same run, and open-loop latency (asyncio client)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import uuid
+from typing import Any
+
+from bench import wrk
+from bench.report import Figure
+from bench.scenarios import Keys, Sizes, client
+from bench.stack import running
+
+BODY = {"prompt": "Benchmark the submit path, please.", "cache": False, "metadata": {"bench": "capacity"}}
+
+
+def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
+    latency = sizes.capacity_latency_ms
+    connections, seconds = 64, sizes.capacity_seconds
+    with running({"FAKE_LLM_LATENCY_MS": str(latency)}) as (stack, _db):
+        targets = {
+            "platform": (f"{stack.web}/api/v1/ai-tasks/", wrk.post_script(BODY, keys.a)),
+            "floor": (f"{stack.web}/bench/floor/", wrk.post_script(BODY)),
+            "naive": (f"{stack.web}/bench/naive/", wrk.post_script(BODY)),
+        }
+        # Warm the paths (imports, connections) and fill the pools: "workers busy". Not the
+        # naive view: its warm-up requests would still hold threads when the run starts.
+        for name, (url, script) in targets.items():
+            if name != "naive":
+                wrk.run(url, seconds=2, connections=8, script=script, threads=1)
+        # A yardstick of the machine's state in this run: the cheapest request there is.
+        healthz = wrk.run(f"{stack.web}/healthz", seconds=3, connections=connections, script=wrk.get_script())
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        # Each naive request takes the whole latency: run long enough for several waves.
+        naive_seconds = max(seconds, 4 * latency // 1000)
+        for _ in range(sizes.capacity_rounds):  # rounds alternate, so drift hits all three alike
+            for name, (url, script) in targets.items():
+                duration = naive_seconds if name == "naive" else seconds
+                rounds[name].append(wrk.run(url, seconds=duration, connections=connections, script=script))
+        open_loop = [
+            client(
+                "open",
+                f"{stack.web}/api/v1/ai-tasks/",
+                "--key",
+                keys.a,
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(sizes.open_loop_seconds),
+                "--batch",
+                f"open-{uuid.uuid4().hex[:8]}",
+            )
+            for rate in sizes.open_loop_rates
+        ]
+
+    def mean(name: str, key: str) -> float:
+        values = [r[key] for r in rounds[name] if not math.isnan(r[key])]
+        return statistics.fmean(values) if values else float("nan")
+
+    rps = {name: mean(name, "rps") for name in targets}
+    errors = {name: sum(r["errors"] for r in rounds[name]) for name in targets}
+    s = "submit"
+    where = f"wrk 2 threads x {connections} connections x {seconds} s x {sizes.capacity_rounds} rounds"
+    figures = [
+        Figure(s, "POST /api/v1/ai-tasks/ closed-loop rate", rps["platform"], "req/s", note=where),
+        Figure(s, "platform p95 (closed loop)", mean("platform", "p95_ms"), "ms", note=_pcts(rounds["platform"])),
+        Figure(s, "platform errors (non-2xx, socket, timeout)", errors["platform"], "", 0),
+        Figure(s, "floor view closed-loop rate", rps["floor"], "req/s", note=_pcts(rounds["floor"])),
+        Figure(
+            s,
+            "naive view closed-loop rate",
+            rps["naive"],
+            "req/s",
+            note=f"{latency} ms inline call; " + _pcts(rounds["naive"]),
+        ),
+        Figure(s, "GET /healthz rate (yardstick of the machine)", healthz["rps"], "req/s", note=_pcts([healthz])),
+        Figure(s, "platform / floor", rps["platform"] / rps["floor"], "x", 0.5, "higher"),
+        Figure(s, "platform / naive", rps["platform"] / max(rps["naive"], 1e-9), "x", 50, "higher"),
+    ]
+    for result in open_loop:
+        rate = result["offered_rps"]
+        note = f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['errors']} errors"
+        if result["client_late"]:
+            note += f", client late on {result['client_late']} sends"
+        target = 50.0 if rate == 100 else None
+        figures.append(Figure(s, f"open loop {rate:.0f} req/s offered: p95", result["p95_ms"], "ms", target, note=note))
+    return figures, {"wrk": rounds, "healthz": healthz, "open_loop": open_loop, "latency_ms": latency}
+
+
+def _pcts(results: list[dict[str, float]]) -> str:
+    def avg(key: str) -> float:
+        return statistics.fmean(r[key] for r in results)
+
+    errors = sum(r["errors"] for r in results)
+    return f"p50 {avg('p50_ms'):.0f} / p95 {avg('p95_ms'):.0f} / p99 {avg('p99_ms'):.0f} ms, {errors:.0f} errors"
