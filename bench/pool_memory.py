@@ -60,7 +60,11 @@ print(json.dumps({"variant": variant, "calls": n, "before": before, "during": du
 def measure(variant: str, calls: int, extra_path: str = "") -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": ":".join(p for p in (f"{ROOT / 'src'}:{ROOT}", extra_path) if p)}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, variant, str(calls)], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", CHILD, variant, str(calls)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         check=True,
     )
     row = json.loads(out.stdout.strip().splitlines()[-1])

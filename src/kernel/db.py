@@ -30,13 +30,15 @@ class ReplicaRouter:
 
 
 def release_connection(alias: str = "default") -> None:
-    """Hand this thread's connection back to the pool before a slow wait (a provider
-    call), so hundreds of waiting threads share a few connections. Only pooled
-    connections are released: a persistent one would cost a reconnect (~11 ms) each
-    time, and one inside a transaction must stay."""
+    """Hand this thread's connection back before a slow wait (a provider call), so hundreds
+    of waiting threads share a few connections: to psycopg's pool, or to PgBouncer
+    (``DATABASE_POOLED``: no persistent connections, a reconnect is cheap). A persistent
+    direct connection is kept (a reconnect costs ~11 ms), and so is one inside a
+    transaction."""
     from django.db import connections
 
     conn = connections[alias]
-    if conn.in_atomic_block or not conn.settings_dict.get("OPTIONS", {}).get("pool"):
+    pooled = bool(conn.settings_dict.get("OPTIONS", {}).get("pool")) or conn.settings_dict.get("CONN_MAX_AGE") == 0
+    if conn.in_atomic_block or not pooled:
         return
     conn.close()
