@@ -8,7 +8,8 @@ import time
 import uuid
 
 import pytest
-from django.test import Client
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client
 from rest_framework.test import APIClient
 
 from users.models import APIKey, Organization, User
@@ -144,23 +145,28 @@ def test_address_behind_trusted_proxies(settings) -> None:
     assert client.get("/api/v1/me/", HTTP_X_FORWARDED_FOR="203.0.113.2").status_code == 401
 
 
+def sse_get(url: str, key: str, remote_addr: str = "127.0.0.1"):
+    """The events route through the ASGI request path (the `stream` role): under WSGI it
+    answers 421 before anything else."""
+    client = AsyncClient(REMOTE_ADDR=remote_addr)
+    return async_to_sync(client.get)(url, headers={"Authorization": f"Bearer {key}"})
+
+
 @pytest.mark.django_db(transaction=True)  # the view looks the key up on another thread
 def test_sse_route_is_throttled_per_key(tenant, settings) -> None:
     settings.KEY_REQUESTS_PER_MINUTE = 2
     task_id = tenant.client.post("/api/v1/ai-tasks/", {"prompt": "Stream me later"}, format="json").json()["id"]
     assert tenant.client.get("/api/v1/me/").status_code == 200
-    response = tenant.client.get(f"/api/v1/ai-tasks/{task_id}/events/")
-    assert_throttled(response)
+    assert_throttled(sse_get(f"/api/v1/ai-tasks/{task_id}/events/", tenant.issued.key))
 
 
 @pytest.mark.django_db(transaction=True)
 def test_sse_route_throttles_invalid_keys_by_address(settings) -> None:
     settings.AUTH_FAILURES_PER_MINUTE = 3
-    client = APIClient(REMOTE_ADDR="203.0.113.8")
     url = f"/api/v1/ai-tasks/{uuid.uuid4()}/events/"
-    statuses = [client.get(url, HTTP_AUTHORIZATION=f"Bearer {random_key()}").status_code for _ in range(4)]
+    statuses = [sse_get(url, random_key(), "203.0.113.8").status_code for _ in range(4)]
     assert statuses == [401, 401, 401, 429]
-    assert_throttled(client.get(url, HTTP_AUTHORIZATION=f"Bearer {random_key()}"))
+    assert_throttled(sse_get(url, random_key(), "203.0.113.8"))
 
 
 @pytest.fixture
