@@ -18,15 +18,14 @@ then optional tokens per minute; 0 or absent = unlimited). Fails open without Re
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -274,39 +273,6 @@ def _try_tokens(model: str, limit: int, tokens: int, deadline: float) -> tuple[i
 
 def _pause_s(remaining: float, hint: float) -> float:
     return max(0.0, min(remaining, max(hint, POLL_S) * random.uniform(1.0, 1.5)))
-
-
-@asynccontextmanager
-async def provider_slot_async(model: str, *, timeout_s: float, tokens: int = 0) -> AsyncIterator[Slot]:
-    """``provider_slot`` for an asyncio worker: the same slots, tokens and back-off; each
-    Redis step runs in a thread and the waits are ``asyncio.sleep``."""
-    limits = model_limits(model)
-    started = time.monotonic()
-    deadline = started + timeout_s
-    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    while True:
-        acquired, pause = await asyncio.to_thread(_try_acquire, model, holder, limits.in_flight)
-        if acquired:
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            reason = "back-off after a provider 429" if pause else "calls in flight at the limit"
-            raise ProviderBusy(model, max(pause, 1.0), reason)
-        await asyncio.sleep(_pause_s(remaining, pause))
-    key = _key("slots", model)
-    if limits.in_flight > 0:
-        _renewer.add(key, holder)
-    try:
-        while True:
-            taken, wait = await asyncio.to_thread(_try_tokens, model, limits.tokens_per_minute, tokens, deadline)
-            if taken is not None:
-                break
-            await asyncio.sleep(_pause_s(deadline - time.monotonic(), wait))
-        yield Slot(model=model, holder=holder, tokens_reserved=taken, waited_s=time.monotonic() - started)
-    finally:
-        if limits.in_flight > 0:
-            _renewer.remove(key, holder)
-            await asyncio.to_thread(_release, key, holder, model)
 
 
 def _release(key: str, holder: str, model: str) -> None:

@@ -3,7 +3,6 @@ per minute, back-pressure after a provider 429, and slots of crashed holders exp
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
@@ -19,7 +18,6 @@ from llm.limits import (
     provider_backoff,
     provider_backoff_remaining,
     provider_slot,
-    provider_slot_async,
 )
 from tests.support import ROOT, server_env
 
@@ -132,39 +130,6 @@ def test_a_held_slot_is_renewed_past_its_ttl(settings) -> None:
         time.sleep(4.5)  # longer than the TTL: the renewer keeps it
         with pytest.raises(ProviderBusy), provider_slot(MODEL, timeout_s=0):
             pass
-
-
-def test_asyncio_callers_share_the_same_slots(settings) -> None:
-    settings.LLM_MODEL_LIMITS = f"{MODEL}=2:1000"
-    state = {"now": 0, "max": 0}
-
-    async def call() -> None:
-        async with provider_slot_async(MODEL, timeout_s=30, tokens=50) as slot:
-            state["now"] += 1
-            state["max"] = max(state["max"], state["now"])
-            await asyncio.sleep(0.05)
-            state["now"] -= 1
-            slot.record_tokens(10)
-
-    async def main() -> None:
-        with provider_slot(MODEL, timeout_s=0):  # a thread-pool caller holds one
-            await asyncio.gather(*(call() for _ in range(4)))
-            assert state["max"] == 1
-        await asyncio.gather(*(call() for _ in range(6)))
-
-    asyncio.run(main())
-    assert state["max"] == 2
-    assert slots_held() == 0
-
-
-def test_asyncio_caller_waits_out_a_backoff(settings) -> None:
-    provider_backoff(MODEL, 0.5)
-
-    async def main() -> float:
-        async with provider_slot_async(MODEL, timeout_s=5) as slot:
-            return slot.waited_s
-
-    assert asyncio.run(main()) >= 0.3
 
 
 def test_slots_fail_open_when_redis_is_down(settings) -> None:
