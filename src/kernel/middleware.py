@@ -3,6 +3,7 @@ per-request query budget. Each works under WSGI and ASGI without a thread hop.""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -98,6 +99,49 @@ def RequestIdMiddleware(get_response: Handler) -> Handler:  # noqa: N802 - Djang
     def middleware(request: HttpRequest) -> HttpResponseBase:
         started = before(request)
         return after(request, get_response(request), started)
+
+    return middleware
+
+
+# RFC 9110 §5.5: a field value is visible ASCII, space, tab and obs-text (the 0x80-0xFF a
+# server decodes as latin-1). Anything else (NUL, CR, LF, DEL, or a code point past 0xFF,
+# which only an in-process caller can send) would reach a log line, a response header or a
+# database column that cannot hold it.
+_VALID_HEADER_VALUE = re.compile("[\t\x20-\x7e\x80-\xff]*")
+
+
+def _invalid_header(request: HttpRequest) -> str | None:
+    for key, value in request.META.items():
+        is_header = key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
+        if is_header and isinstance(value, str) and not _VALID_HEADER_VALUE.fullmatch(value):
+            return key.removeprefix("HTTP_").replace("_", "-").title()
+    return None
+
+
+@sync_and_async_middleware
+def HeaderCheckMiddleware(get_response: Handler) -> Handler:  # noqa: N802
+    """Answer 400 for a request header holding control characters, naming the header
+    (never echoing its value)."""
+    from django.http import JsonResponse
+
+    def rejected(request: HttpRequest) -> JsonResponse | None:
+        name = _invalid_header(request)
+        if name is None:
+            return None
+        body = error_body(
+            status_code=400, code="invalid_header", detail=f"Header {name} contains characters that are not allowed."
+        )
+        return JsonResponse(body, status=400)
+
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+            return rejected(request) or await get_response(request)
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        return rejected(request) or get_response(request)
 
     return middleware
 
