@@ -3,6 +3,7 @@ per-request query budget. Each works under WSGI and ASGI without a thread hop.""
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from typing import Any
 import structlog
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
+from django.core.handlers.wsgi import WSGIRequest
 from django.db import connection, connections
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
 from kernel import context, metrics
@@ -122,7 +124,6 @@ def _invalid_header(request: HttpRequest) -> str | None:
 def HeaderCheckMiddleware(get_response: Handler) -> Handler:  # noqa: N802
     """Answer 400 for a request header holding control characters, naming the header
     (never echoing its value)."""
-    from django.http import JsonResponse
 
     def rejected(request: HttpRequest) -> JsonResponse | None:
         name = _invalid_header(request)
@@ -146,34 +147,77 @@ def HeaderCheckMiddleware(get_response: Handler) -> Handler:  # noqa: N802
     return middleware
 
 
+def _body_too_large() -> JsonResponse:
+    body = error_body(
+        status_code=413,
+        code="body_too_large",
+        detail=f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes.",
+    )
+    return JsonResponse(body, status=413)
+
+
+def _is_chunked(request: HttpRequest) -> bool:
+    """A body framed by Transfer-Encoding (chunked) instead of a Content-Length."""
+    encoding = request.META.get("HTTP_TRANSFER_ENCODING", "")
+    return not request.META.get("CONTENT_LENGTH") and "chunked" in encoding.lower()
+
+
+def _read_unsized_body(request: HttpRequest) -> HttpResponseBase | None:
+    """Read a chunked body (at most one byte past the limit) and give the request a
+    Content-Length, which is all Django and DRF look at: without one they read nothing.
+
+    Under WSGI the server must mark its input as terminated (gunicorn does: it decodes
+    the chunks and ends the stream); otherwise reading to the end could block, and the
+    answer is 411. Under ASGI Django has already spooled the body to a file.
+    """
+    limit = settings.API_MAX_BODY_BYTES
+    if isinstance(request, WSGIRequest):
+        if not request.environ.get("wsgi.input_terminated"):
+            body = error_body(status_code=411, code="length_required", detail="Send a Content-Length header.")
+            return JsonResponse(body, status=411)
+        source = request.environ["wsgi.input"]
+    else:
+        source = request._stream  # type: ignore[attr-defined] # ASGIRequest: the spooled body file
+    parts: list[bytes] = []
+    received = 0
+    while received <= limit:
+        part = source.read(limit + 1 - received)
+        if not part:
+            break
+        parts.append(part)
+        received += len(part)
+    if received > limit:
+        return _body_too_large()
+    data = b"".join(parts)
+    request.META["CONTENT_LENGTH"] = str(len(data))
+    # What HttpRequest.body itself does once it has read the body.
+    request._stream = io.BytesIO(data)  # type: ignore[attr-defined]
+    return None
+
+
 @sync_and_async_middleware
 def BodySizeLimitMiddleware(get_response: Handler) -> Handler:  # noqa: N802
-    """Answer 413 before reading a body larger than API_MAX_BODY_BYTES."""
-    from django.http import JsonResponse
+    """Answer 413 before reading a body larger than API_MAX_BODY_BYTES; read a chunked
+    body (no Content-Length) up to that limit so the view sees it."""
 
-    def too_large(request: HttpRequest) -> JsonResponse | None:
+    def check(request: HttpRequest) -> HttpResponseBase | None:
+        if _is_chunked(request):
+            return _read_unsized_body(request)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        if length > settings.API_MAX_BODY_BYTES:
-            body = error_body(
-                status_code=413,
-                code="body_too_large",
-                detail=f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes.",
-            )
-            return JsonResponse(body, status=413)
-        return None
+        return _body_too_large() if length > settings.API_MAX_BODY_BYTES else None
 
     if iscoroutinefunction(get_response):
 
         async def amiddleware(request: HttpRequest) -> HttpResponseBase:
-            return too_large(request) or await get_response(request)
+            return check(request) or await get_response(request)
 
         return amiddleware
 
     def middleware(request: HttpRequest) -> HttpResponseBase:
-        return too_large(request) or get_response(request)
+        return check(request) or get_response(request)
 
     return middleware
 
