@@ -20,7 +20,10 @@ urlpatterns = [
     path("metrics", health.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # GET only: OPTIONS rendered DRF's metadata through the HTML template renderer (a 500).
+    path(
+        "api/docs/", SpectacularSwaggerView.as_view(url_name="schema", http_method_names=["get", "head"]), name="docs"
+    ),
     path("api/v1/", include(api_v1)),
 ]
 

@@ -177,7 +177,7 @@ def _read_unsized_body(request: HttpRequest) -> HttpResponseBase | None:
             return JsonResponse(body, status=411)
         source = request.environ["wsgi.input"]
     else:
-        source = request._stream  # type: ignore[attr-defined] # ASGIRequest: the spooled body file
+        source = request._stream  # ASGIRequest: the spooled body file
     parts: list[bytes] = []
     received = 0
     while received <= limit:
@@ -191,7 +191,7 @@ def _read_unsized_body(request: HttpRequest) -> HttpResponseBase | None:
     data = b"".join(parts)
     request.META["CONTENT_LENGTH"] = str(len(data))
     # What HttpRequest.body itself does once it has read the body.
-    request._stream = io.BytesIO(data)  # type: ignore[attr-defined]
+    request._stream = io.BytesIO(data)
     return None
 
 

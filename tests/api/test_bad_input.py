@@ -30,7 +30,7 @@ def raw_client(tenant: Any) -> Client:
     return Client(raise_request_exception=False, HTTP_AUTHORIZATION=f"Bearer {tenant.issued.key}")
 
 
-def post_raw(tenant: Any, body: str | bytes, **headers: str) -> Any:
+def post_raw(tenant: Any, body: str | bytes, **headers: Any) -> Any:
     return raw_client(tenant).post(URL, body, content_type="application/json", **headers)
 
 
