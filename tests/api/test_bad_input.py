@@ -143,3 +143,10 @@ def test_the_error_names_where_the_bad_string_is_without_echoing_it(tenant) -> N
     assert "metadata.a.b.1" in body["detail"]
     body = assert_client_error(post_raw(tenant, BAD_STRINGS["lone low surrogate in a metadata key"]))
     assert "metadata.\\udfff" in body["detail"]
+
+
+@pytest.mark.parametrize("param", ["status", "cursor", "limit"])
+def test_an_empty_list_filter_is_400_not_ignored(tenant, param: str) -> None:
+    """Found by tests/reliability/test_contract_fuzz.py: ``?status=`` listed every task."""
+    body = assert_client_error(raw_client(tenant).get(f"{URL}?{param}="))
+    assert [error["attr"] for error in body["errors"]] == [param]
