@@ -113,6 +113,7 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
 X_FRAME_OPTIONS = "DENY"
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "kernel.errors.csrf_failure"  # JSON under /api/, Django's page in the admin
 
 # ---------------------------------------------------------------------------------------
 # Database

@@ -10,6 +10,7 @@ gunicorn, where chunked bodies and raw header bytes exist.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -150,3 +151,29 @@ def test_an_empty_list_filter_is_400_not_ignored(tenant, param: str) -> None:
     """Found by tests/reliability/test_contract_fuzz.py: ``?status=`` listed every task."""
     body = assert_client_error(raw_client(tenant).get(f"{URL}?{param}="))
     assert [error["attr"] for error in body["errors"]] == [param]
+
+
+# -- errors raised before a DRF view runs are JSON too -------------------------------------
+
+
+def test_a_disallowed_host_is_a_json_400(tenant) -> None:
+    response = raw_client(tenant).get("/api/v1/me/", HTTP_HOST="evil.example")
+    assert assert_client_error(response)["code"] == "bad_request"
+
+
+def test_too_many_query_parameters_is_a_json_400(tenant) -> None:
+    query = "&".join(f"p{index}=1" for index in range(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1))
+    assert assert_client_error(raw_client(tenant).get(f"/api/v1/me/?{query}"))["code"] == "bad_request"
+
+
+def test_a_csrf_failure_on_a_non_drf_api_view_is_a_json_403(tenant) -> None:
+    """The SSE view is a plain Django view: a POST to it meets the CSRF check."""
+    client = Client(enforce_csrf_checks=True, HTTP_AUTHORIZATION=f"Bearer {tenant.issued.key}")
+    response = client.post(f"{URL}{uuid.uuid4()}/events/")
+    assert assert_client_error(response, 403)["code"] == "csrf_failed"
+
+
+def test_admin_errors_stay_html() -> None:
+    response = Client(enforce_csrf_checks=True).post("/admin/login/", {"username": "x", "password": "y"})
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("text/html")
