@@ -2,7 +2,8 @@
 
 Each operation gets a bounded number of generated requests, valid ones (positive) and
 ones the schema forbids (negative), sent authenticated to the WSGI application in-process
-(no server, no network). Every answer must be a non-5xx and, where the contract documents
+(no server, no network); the async SSE view goes through Django's ASGI handler instead,
+as the stream role serves it. Every answer must be a non-5xx and, where the contract documents
 its status, match the documented body. Deterministic (a fixed seed per operation, no
 example database), so a failure reproduces. Requests the schema forbids must be refused
 (negative_data_rejection): nothing invalid is accepted. The pin and the choice of checks are
@@ -11,19 +12,28 @@ recorded in docs/decisions/contract-fuzzing.md.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import pytest
 import schemathesis
+from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.core import signals
 from django.core.management import call_command
 from django.db import close_old_connections
+from django.test import AsyncClient
+from django.urls import Resolver404, resolve
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import negative_data_rejection, response_schema_conformance
+from schemathesis.transport.wsgi import WSGI_TRANSPORT
 
 from billing import services as billing
 from config.wsgi import application
@@ -72,8 +82,45 @@ def app() -> Iterator[Any]:
         signals.request_finished.connect(close_old_connections)
 
 
+def _is_async_view(path: str) -> bool:
+    try:
+        return iscoroutinefunction(resolve(path).func)
+    except Resolver404:
+        return False
+
+
+def call_asgi(case: schemathesis.Case, headers: dict[str, str]) -> httpx.Response:
+    """Send ``case`` through Django's ASGI handler, as the stream role serves an async view
+    (the SSE one), and hand schemathesis the answer as an httpx response."""
+    request = WSGI_TRANSPORT.serialize_case(case, headers=headers)
+    query = urlencode(request.get("query_string") or {}, doseq=True)
+    path = request["path"] + (f"?{query}" if query else "")
+    sent = dict(request["headers"])
+    content_type = sent.pop("Content-Type", "application/octet-stream")
+    body = json.dumps(request["json"]) if "json" in request else request.get("data") or b""
+
+    async def send() -> tuple[int, list[tuple[str, str]], bytes]:
+        # Headers per request: AsyncClient(headers=...) would put them in the scope itself.
+        response = await AsyncClient().generic(case.method, path, body, content_type=content_type, headers=sent)
+        if response.streaming:
+            content = b"".join([chunk async for chunk in response.streaming_content])
+        else:
+            content = response.content
+        return response.status_code, list(response.items()), content
+
+    started = time.monotonic()
+    status, response_headers, content = async_to_sync(send)()
+    response = httpx.Response(
+        status, headers=response_headers, content=content, request=httpx.Request(case.method, f"http://localhost{path}")
+    )
+    response.elapsed = timedelta(seconds=time.monotonic() - started)
+    return response
+
+
 @schema.parametrize()
 @settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=MAX_EXAMPLES)
 def test_every_operation_answers_within_its_contract(case: schemathesis.Case, api_key: str, app: Any, db: None) -> None:
-    response = case.call(app=app, headers={"Authorization": f"Bearer {api_key}"})
+    headers = {"Authorization": f"Bearer {api_key}"}
+    asgi = _is_async_view(case.formatted_path)
+    response = call_asgi(case, headers) if asgi else case.call(app=app, headers=headers)
     case.validate_response(response, checks=[not_a_server_error, response_schema_conformance, negative_data_rejection])
