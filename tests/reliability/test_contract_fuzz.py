@@ -101,7 +101,7 @@ def call_asgi(case: schemathesis.Case, headers: dict[str, str]) -> httpx.Respons
 
     async def send() -> tuple[int, list[tuple[str, str]], bytes]:
         # Headers per request: AsyncClient(headers=...) would put them in the scope itself.
-        response = await AsyncClient().generic(case.method, path, body, content_type=content_type, headers=sent)
+        response: Any = await AsyncClient().generic(case.method, path, body, content_type=content_type, headers=sent)
         if response.streaming:
             content = b"".join([chunk async for chunk in response.streaming_content])
         else:
