@@ -43,6 +43,7 @@ def production_web(tmp_path: Path, fresh_database_url: str) -> Iterator[Callable
             DJANGO_SETTINGS_MODULE="config.settings",
             SECRET_KEY=f"static-files-test-{uuid.uuid4().hex}{uuid.uuid4().hex}",
             WEBHOOK_SIGNING_SECRET=uuid.uuid4().hex * 2,
+            METRICS_TOKEN=uuid.uuid4().hex * 2,  # required with DEBUG off once the metrics token lands
             ALLOWED_HOSTS="127.0.0.1",
             DATABASE_URL=fresh_database_url,
             REDIS_URL=cache_url,
