@@ -27,7 +27,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
 ]
 
-handler400 = "kernel.errors.handler400"
-handler403 = "kernel.errors.handler403"
 handler404 = "kernel.errors.handler404"
 handler500 = "kernel.errors.handler500"
+handler400 = "kernel.errors.handler400"
+handler403 = "kernel.errors.handler403"
