@@ -44,6 +44,8 @@ RUN SECRET_KEY=collectstatic-only-build-time-key-not-used-at-run-time ALLOWED_HO
         METRICS_TOKEN=collectstatic-only-build-time-metrics-token \
         bin/switchyard manage collectstatic --noinput --verbosity 0 \
     && python -m compileall -q src contracts
+# Collected above, into the read-only app dir: the web role must not collect again at start.
+ENV SWITCHYARD_COLLECTSTATIC=0
 USER 10001:10001
 EXPOSE 8000
 # Role-aware (bin/switchyard healthcheck): /healthz on $PORT for web and stream, /healthcheck

@@ -14,6 +14,8 @@ export PYTHONPATH=src:.
 export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings}
 export DEBUG=${DEBUG:-true} LLM_PROVIDER=${LLM_PROVIDER:-fake} LOG_FORMAT=${LOG_FORMAT:-console}
 export WEB_WORKERS=${WEB_WORKERS:-2}
+# The web role collects static files on start (bin/switchyard): into .local, not the tree.
+export STATIC_ROOT=${STATIC_ROOT:-$LOCAL_DIR/staticfiles}
 export CELERY_BEAT_SCHEDULE_FILENAME=${CELERY_BEAT_SCHEDULE_FILENAME:-$LOCAL_DIR/celerybeat-schedule}
 # honcho gives the n-th process it starts PORT = base + 100 * n: web gets the base, stream base + 100.
 PORT=${PORT:-8000}

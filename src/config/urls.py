@@ -21,7 +21,10 @@ urlpatterns = [
     path("metrics", health.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # GET only: OPTIONS rendered DRF's metadata through the HTML template renderer (a 500).
+    path(
+        "api/docs/", SpectacularSwaggerView.as_view(url_name="schema", http_method_names=["get", "head"]), name="docs"
+    ),
     path("api/v1/", include(api_v1)),
 ]
 
@@ -35,3 +38,5 @@ if settings.BENCH_VIEWS:  # benchmark baselines (bench/), off unless BENCH_VIEWS
 
 handler404 = "kernel.errors.handler404"
 handler500 = "kernel.errors.handler500"
+handler400 = "kernel.errors.handler400"
+handler403 = "kernel.errors.handler403"

@@ -9,12 +9,12 @@ import uuid
 import structlog
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def new_request_id(incoming: str | None = None) -> str:
     """Honour a well-formed incoming id; otherwise mint one. Garbage is never echoed."""
-    if incoming and _VALID_REQUEST_ID.match(incoming):
+    if incoming and _VALID_REQUEST_ID.fullmatch(incoming):  # match() lets a trailing newline in
         return incoming
     return uuid.uuid4().hex
 

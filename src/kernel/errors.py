@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import csrf, defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -138,3 +139,34 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Json
 
 def handler500(request: HttpRequest) -> JsonResponse:
     return json_error(request, status_code=500, code="server_error", detail="Internal server error.")
+
+
+# Errors Django answers before any DRF view runs (a Host not allowed, too many query
+# parameters, a CSRF failure on a plain Django view such as the SSE one) are JSON like the
+# rest of the API. The admin keeps Django's HTML pages.
+
+
+def _is_admin(request: HttpRequest) -> bool:
+    return request.path.startswith("/admin/")
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.bad_request(request, exception or Exception())
+    return json_error(request, status_code=400, code="bad_request", detail="The request is malformed.")
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.permission_denied(request, exception or Exception())
+    return json_error(
+        request, status_code=403, code="permission_denied", detail="You do not have permission to perform this action."
+    )
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW. API clients authenticate with a bearer key and never hold a CSRF
+    token: a failure means the method is not one the view serves with a key."""
+    if _is_admin(request):
+        return csrf.csrf_failure(request, reason)
+    return json_error(request, status_code=403, code="csrf_failed", detail="CSRF verification failed.")

@@ -3,6 +3,8 @@ per-request query budget. Each works under WSGI and ASGI without a thread hop.""
 
 from __future__ import annotations
 
+import io
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +12,9 @@ from typing import Any
 import structlog
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
+from django.core.handlers.wsgi import WSGIRequest
 from django.db import connection, connections
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
 from kernel import context, metrics
@@ -102,34 +105,119 @@ def RequestIdMiddleware(get_response: Handler) -> Handler:  # noqa: N802 - Djang
     return middleware
 
 
-@sync_and_async_middleware
-def BodySizeLimitMiddleware(get_response: Handler) -> Handler:  # noqa: N802
-    """Answer 413 before reading a body larger than API_MAX_BODY_BYTES."""
-    from django.http import JsonResponse
+# RFC 9110 §5.5: a field value is visible ASCII, space, tab and obs-text (the 0x80-0xFF a
+# server decodes as latin-1). Anything else (NUL, CR, LF, DEL, or a code point past 0xFF,
+# which only an in-process caller can send) would reach a log line, a response header or a
+# database column that cannot hold it.
+_VALID_HEADER_VALUE = re.compile("[\t\x20-\x7e\x80-\xff]*")
 
-    def too_large(request: HttpRequest) -> JsonResponse | None:
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > settings.API_MAX_BODY_BYTES:
-            body = error_body(
-                status_code=413,
-                code="body_too_large",
-                detail=f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes.",
-            )
-            return JsonResponse(body, status=413)
-        return None
+
+def _invalid_header(request: HttpRequest) -> str | None:
+    for key, value in request.META.items():
+        is_header = key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
+        if is_header and isinstance(value, str) and not _VALID_HEADER_VALUE.fullmatch(value):
+            return key.removeprefix("HTTP_").replace("_", "-").title()
+    return None
+
+
+@sync_and_async_middleware
+def HeaderCheckMiddleware(get_response: Handler) -> Handler:  # noqa: N802
+    """Answer 400 for a request header holding control characters, naming the header
+    (never echoing its value)."""
+
+    def rejected(request: HttpRequest) -> JsonResponse | None:
+        name = _invalid_header(request)
+        if name is None:
+            return None
+        body = error_body(
+            status_code=400, code="invalid_header", detail=f"Header {name} contains characters that are not allowed."
+        )
+        return JsonResponse(body, status=400)
 
     if iscoroutinefunction(get_response):
 
         async def amiddleware(request: HttpRequest) -> HttpResponseBase:
-            return too_large(request) or await get_response(request)
+            return rejected(request) or await get_response(request)
 
         return amiddleware
 
     def middleware(request: HttpRequest) -> HttpResponseBase:
-        return too_large(request) or get_response(request)
+        return rejected(request) or get_response(request)
+
+    return middleware
+
+
+def _body_too_large() -> JsonResponse:
+    body = error_body(
+        status_code=413,
+        code="body_too_large",
+        detail=f"Request body exceeds {settings.API_MAX_BODY_BYTES} bytes.",
+    )
+    return JsonResponse(body, status=413)
+
+
+def _is_chunked(request: HttpRequest) -> bool:
+    """A body framed by Transfer-Encoding (chunked) instead of a Content-Length."""
+    encoding = request.META.get("HTTP_TRANSFER_ENCODING", "")
+    return not request.META.get("CONTENT_LENGTH") and "chunked" in encoding.lower()
+
+
+def _read_unsized_body(request: HttpRequest) -> HttpResponseBase | None:
+    """Read a chunked body (at most one byte past the limit) and give the request a
+    Content-Length, which is all Django and DRF look at: without one they read nothing.
+
+    Under WSGI the server must mark its input as terminated (gunicorn does: it decodes
+    the chunks and ends the stream); otherwise reading to the end could block, and the
+    answer is 411. Under ASGI Django has already spooled the body to a file.
+    """
+    limit = settings.API_MAX_BODY_BYTES
+    if isinstance(request, WSGIRequest):
+        if not request.environ.get("wsgi.input_terminated"):
+            body = error_body(status_code=411, code="length_required", detail="Send a Content-Length header.")
+            return JsonResponse(body, status=411)
+        source = request.environ["wsgi.input"]
+    else:
+        source = request._stream  # ASGIRequest: the spooled body file
+    parts: list[bytes] = []
+    received = 0
+    while received <= limit:
+        part = source.read(limit + 1 - received)
+        if not part:
+            break
+        parts.append(part)
+        received += len(part)
+    if received > limit:
+        return _body_too_large()
+    data = b"".join(parts)
+    request.META["CONTENT_LENGTH"] = str(len(data))
+    # What HttpRequest.body itself does once it has read the body.
+    request._stream = io.BytesIO(data)
+    return None
+
+
+@sync_and_async_middleware
+def BodySizeLimitMiddleware(get_response: Handler) -> Handler:  # noqa: N802
+    """Answer 413 before reading a body larger than API_MAX_BODY_BYTES; read a chunked
+    body (no Content-Length) up to that limit so the view sees it."""
+
+    def check(request: HttpRequest) -> HttpResponseBase | None:
+        if _is_chunked(request):
+            return _read_unsized_body(request)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        return _body_too_large() if length > settings.API_MAX_BODY_BYTES else None
+
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+            return check(request) or await get_response(request)
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        return check(request) or get_response(request)
 
     return middleware
 

@@ -68,9 +68,21 @@ class TaskOutputSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class TaskListQuerySerializer(serializers.Serializer[dict[str, Any]]):
+    """Query parameters of the task list. An empty value (``?status=``) is refused, not
+    read as "absent" the way DRF reads an empty form field: the contract has no empty
+    status, cursor or limit, and a filter that silently matches everything is a surprise."""
+
     status = serializers.ChoiceField(choices=["pending", "processing", "done", "failed", "cancelled"], required=False)
     cursor = serializers.CharField(required=False, max_length=200)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=20)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        blank: dict[str, list[str]] = {
+            str(name): ["This field may not be blank."] for name in self.fields if data.get(name) == ""
+        }
+        if blank:
+            raise serializers.ValidationError(blank)
+        return super().to_internal_value(data)
 
 
 class TaskPageSerializer(serializers.Serializer[dict[str, Any]]):
