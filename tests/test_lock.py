@@ -105,9 +105,9 @@ def test_a_pin_changed_without_relocking_fails_the_check(repo_copy: Path) -> Non
 
 
 def test_a_dependency_added_without_relocking_fails_the_check(repo_copy: Path) -> None:
-    _edit(repo_copy / "pyproject.toml", '"pytest==', '"schemathesis==4.0.0",\n    "pytest==')
+    _edit(repo_copy / "pyproject.toml", '"pytest==', '"leftpad-notlocked==1.0.0",\n    "pytest==')
     problems = lock.check(repo_copy)
-    assert "schemathesis==4.0.0 is in pyproject.toml but not in requirements/dev.txt" in problems
+    assert "leftpad-notlocked==1.0.0 is in pyproject.toml but not in requirements/dev.txt" in problems
 
 
 def test_an_extra_or_python_change_fails_the_check_through_the_digest(repo_copy: Path) -> None:
