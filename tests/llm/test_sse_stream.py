@@ -263,3 +263,14 @@ def test_bearer_auth_is_required_and_scoped(make_tenant, key: str) -> None:
     assert (reply.status, json.loads(reply.body)["code"]) == expected
     if key == "":
         assert reply.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_the_events_route_answers_405_in_json_to_other_methods(method: str, tenant) -> None:
+    """Only GET (and HEAD) are served: after authentication (as DRF does), never a CSRF
+    page or a stream."""
+    path = f"/api/v1/ai-tasks/{uuid.uuid4()}/events/"
+    call = getattr(AsyncClient(), method)
+    response = async_to_sync(call)(path, headers={"Authorization": f"Bearer {tenant.issued.key}"})
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed" and response["Allow"] == "GET, HEAD"

@@ -34,6 +34,7 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
@@ -122,6 +123,7 @@ async def _ended(reader: AsyncStreamReader, snapshot: dict[str, Any], resume_fro
     return _event_stream(b"retry: 2000\n\n" + b"".join(_frame(event) for event in events))
 
 
+@csrf_exempt  # Bearer keys, no cookies: CSRF does not apply; other methods get a JSON 405 below
 async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
     if not isinstance(request, ASGIRequest):  # WSGI: this would hold a worker thread
         return _error(421, "use_stream_role", WRONG_ROLE_DETAIL)
@@ -137,6 +139,8 @@ async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
         await users.stream_throttle(meta=request.META, raw_key=raw_key.strip())
     except (users.RateLimited, users.InvalidApiKey) as exc:
         return error_response(exc)
+    if request.method not in ("GET", "HEAD"):  # after authentication, like the DRF views
+        return _error(405, "method_not_allowed", f'Method "{request.method}" not allowed.', Allow="GET, HEAD")
     reader = AsyncStreamReader(task_id)
     handed_over = False
     try:
