@@ -35,9 +35,9 @@ _VERSION_TTL_S = 24 * 3600  # outlives every summary it versions
 _LOCK_TIMEOUT_S = 30
 CACHE_ERRORS = (ConnectionInterrupted, RedisError)
 
-# {sets} is built from DIMENSIONS only (never from input).
+# {flags}, {keys}, {running} and {sets} are built from DIMENSIONS only (never from input).
 _SQL = f"""
-SELECT GROUPING(model) = 0, GROUPING(priority) = 0, GROUPING(day) = 0, model, priority, day,
+SELECT {{flags}}, {{keys}},
        count(*),
        count(*) FILTER (WHERE status = 'done'),
        count(*) FILTER (WHERE status = 'failed'),
@@ -48,7 +48,7 @@ SELECT GROUPING(model) = 0, GROUPING(priority) = 0, GROUPING(day) = 0, model, pr
        coalesce(sum(input_tokens), 0),
        coalesce(sum(output_tokens), 0),
        coalesce(sum(cost_usd), 0),
-       sum(coalesce(sum(cost_usd), 0)) OVER (PARTITION BY GROUPING(model, priority, day) ORDER BY day)
+       {{running}}
   FROM (SELECT *, (occurred_at AT TIME ZONE 'UTC')::date AS day
           FROM {PARENT}
          WHERE organization_id = %s AND occurred_at >= %s AND occurred_at < %s) AS outcome
@@ -104,11 +104,19 @@ def summary_compute(
 ) -> Summary:
     """The summary straight from PostgreSQL (one statement), uncached."""
     dimensions = [d for d in DIMENSIONS if d in group_by]
-    sets = ", ".join(["()"] + [f"({d})" for d in dimensions])
+    sql = _SQL.format(
+        flags=", ".join(f"GROUPING({d}) = 0" if d in dimensions else "false" for d in DIMENSIONS),
+        keys=", ".join(d if d in dimensions else "NULL" for d in DIMENSIONS),
+        # The running cost: a window over the daily rows (ordered by day within them).
+        running="sum(coalesce(sum(cost_usd), 0)) OVER (PARTITION BY GROUPING(day) ORDER BY day)"
+        if "day" in dimensions
+        else "NULL",
+        sets=", ".join(["()"] + [f"({d})" for d in dimensions]),
+    )
     since = datetime.combine(start, time.min, tzinfo=UTC)
     until = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
     with connection.cursor() as cursor:
-        cursor.execute(_SQL.format(sets=sets), [organization_id, since, until])
+        cursor.execute(sql, [organization_id, since, until])
         rows = cursor.fetchall()
     totals = _figures(None)
     by: dict[str, list[Any]] = {d: [] for d in DIMENSIONS}
