@@ -136,3 +136,13 @@ def test_a_pending_export_whose_dispatch_was_lost_is_sent_again(broker: Any) -> 
 def test_export_request_rejects_bad_bodies(tenant: Any, body: dict[str, Any]) -> None:
     response = tenant.client.post("/api/v1/analytics/exports/", body, format="json")
     assert response.status_code == 400, response.content
+
+
+def test_an_export_whose_file_is_gone_answers_404(tenant: Any, export_root: Path) -> None:
+    org = uuid.UUID(tenant.organization_id)
+    info = services.export_request(organization_id=org, start=at(DAY0), end=at(DAY2))
+    services.export_run(export_id=info.id)
+    for path in export_root.rglob("*.csv"):
+        path.unlink()
+    response = tenant.client.get(f"/api/v1/analytics/exports/{info.id}/download/")
+    assert response.status_code == 404

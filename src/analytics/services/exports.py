@@ -111,7 +111,11 @@ def export_open(*, organization_id: UUID, export_id: UUID) -> tuple[IO[bytes], s
         raise ExportNotFound()
     if row.status != Export.Status.DONE or not row.file_name:
         raise ExportNotReady()
-    return export_storage().open(row.file_name, "rb"), f"outcomes-{row.start:%Y%m%d}-{row.end:%Y%m%d}.csv"
+    try:
+        handle = export_storage().open(row.file_name, "rb")
+    except FileNotFoundError:  # removed from the storage behind our back
+        raise ExportNotFound("The export's file is gone; request a new export.") from None
+    return handle, f"outcomes-{row.start:%Y%m%d}-{row.end:%Y%m%d}.csv"
 
 
 def export_run(*, export_id: UUID) -> ExportInfo | None:
