@@ -21,7 +21,7 @@ from analytics.models import Export, TaskOutcome
 from analytics.services.partitions import month_of
 from kernel.models import OutboxEvent
 from llm.models import AITask
-from tests.pipeline.conftest import TcpProxy, Worker, start_beat, start_worker, wait_for  # noqa: F401 (fixtures)
+from tests.pipeline.conftest import TcpProxy, Worker, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
