@@ -324,7 +324,8 @@ STORAGES["analytics_exports"] = {
 }
 if ANALYTICS_RETENTION_MONTHS < 1:
     _config_errors.append("ANALYTICS_RETENTION_MONTHS must be at least 1")
-LOGIN_URL = "admin:login"  # the dashboard's session login
+LOGIN_URL = "dashboard-login"  # the dashboard's session login (staff and members)
+LOGIN_REDIRECT_URL = "dashboard"
 
 # ---------------------------------------------------------------------------------------
 # HTTP API
