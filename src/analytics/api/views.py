@@ -122,7 +122,9 @@ class SummaryApi(APIView):
 
 class ExportSerializer(serializers.Serializer[dict[str, Any]]):
     id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=["pending", "running", "done", "failed"])
+    # Not a ChoiceField: a second enum on a field named "status" would rename the AI
+    # task's StatusEnum in the published schema.
+    status = serializers.CharField(help_text="pending, running, done or failed.")
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     row_count = serializers.IntegerField()
