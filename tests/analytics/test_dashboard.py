@@ -71,3 +71,25 @@ def test_a_user_without_organization_is_refused() -> None:
     client = Client()
     client.force_login(loner)
     assert client.get("/dashboard/").status_code == 403
+
+
+def test_queue_depth_counts_pending_tasks_per_queue_for_the_members_organization(
+    tenant: Any, make_tenant: Callable[..., Any]
+) -> None:
+    other = make_tenant()
+    for client, priority in (
+        (tenant.client, "low"),
+        (tenant.client, "low"),
+        (tenant.client, "high"),
+        (other.client, "low"),
+    ):
+        response = client.post(
+            "/api/v1/ai-tasks/", {"prompt": "Wait in the queue", "priority": priority}, format="json"
+        )
+        assert response.status_code == 202  # no worker runs: they stay pending, held at the gate
+    queues = {q["queue"]: q for q in page_data(member_client(tenant).get("/dashboard/").content.decode())["queues"]}
+    assert {name: (q["pending"], q["held"]) for name, q in queues.items()} == {
+        "priority": (1, 1),
+        "default": (0, 0),
+        "low": (2, 2),
+    }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -82,8 +83,8 @@ def test_a_200k_row_export_keeps_the_low_workers_memory_flat(
     settings.STORAGES = {**settings.STORAGES, "analytics_exports": storage}  # the download, in this process
     worker = start_worker("low", ANALYTICS_EXPORT_ROOT=str(root))
     start = month_of(timezone.now())
-    next_month = (start.replace(day=28) + timezone.timedelta(days=4)).replace(day=1)
-    days = (start.isoformat(), (next_month - timezone.timedelta(days=1)).isoformat())
+    next_month = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    days = (start.isoformat(), (next_month - timedelta(days=1)).isoformat())
 
     # Warm up: the first export imports the export path and opens its connections.
     assert wait_done(export(warm, days), timeout=60).row_count == 50

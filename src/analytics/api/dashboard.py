@@ -6,7 +6,7 @@ summary, llm's queue depths, billing's budget."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
@@ -28,7 +28,7 @@ def _organizations(request: HttpRequest) -> list[Organization]:
     user = request.user
     if user.is_staff:
         return users.organization_list()
-    return users.organization_list_for_member(user_id=int(user.pk))
+    return users.organization_list_for_member(user_id=cast("int", user.pk))
 
 
 def _chosen(request: HttpRequest, organizations: list[Organization]) -> Organization:

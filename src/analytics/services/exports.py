@@ -74,7 +74,7 @@ def _to_info(row: Export) -> ExportInfo:
         organization_id=row.organization_id,
         start=row.start,
         end=row.end,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         row_count=row.row_count,
         error=row.error,
         created_at=row.created_at,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -66,7 +67,7 @@ def task_outcome_record(event: AITaskFinished) -> bool:
     return created
 
 
-def _insert(params: list[object]) -> bool:
+def _insert(params: list[Any]) -> bool:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_INSERT, params)
         return cursor.fetchone() is not None

@@ -20,11 +20,11 @@ def queue_depths(*, organization_id: UUID | None = None) -> list[QueueDepth]:
     tasks = AITask.objects.filter(status=AITask.Status.PENDING)
     if organization_id is not None:
         tasks = tasks.filter(organization_id=organization_id)
-    rows = {
-        row["priority"]: row
-        for row in tasks.values("priority")
-        .annotate(pending=Count("id"), held=Count("id", filter=Q(dispatched_at__isnull=True)))
-        .order_by()
+    counts = tasks.values("priority").annotate(
+        pending=Count("id"), held=Count("id", filter=Q(dispatched_at__isnull=True))
+    )
+    rows: dict[str, dict[str, int]] = {
+        str(row["priority"]): {"pending": int(row["pending"]), "held": int(row["held"])} for row in counts.order_by()
     }
     return [
         QueueDepth(
