@@ -146,3 +146,18 @@ def test_an_export_whose_file_is_gone_answers_404(tenant: Any, export_root: Path
         path.unlink()
     response = tenant.client.get(f"/api/v1/analytics/exports/{info.id}/download/")
     assert response.status_code == 404
+
+
+def test_export_detail_query_count_does_not_grow_with_rows(tenant: Any) -> None:
+    org = uuid.UUID(tenant.organization_id)
+    tenant.client.get(f"/api/v1/analytics/exports/{uuid.uuid4()}/")  # the key's first use writes last_used_at
+    counts = []
+    for rows in (1, 30):
+        for i in range(rows):
+            services.task_outcome_record(event(org, at(DAY0, 9) + timedelta(seconds=i)))
+        info = services.export_request(organization_id=org, start=at(DAY0), end=at(DAY2))
+        services.export_run(export_id=info.id)
+        with CaptureQueriesContext(connection) as queries:
+            assert tenant.client.get(f"/api/v1/analytics/exports/{info.id}/").status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1] <= 3

@@ -216,3 +216,20 @@ def test_summary_api_rejects_bad_queries(tenant: Any, query: str) -> None:
 @pytest.mark.django_db
 def test_summary_api_needs_a_key(anon_client: Any) -> None:
     assert anon_client.get("/api/v1/analytics/summary/").status_code == 401
+
+
+@pytest.mark.django_db
+def test_summary_api_query_count_does_not_grow_with_rows(tenant: Any) -> None:
+    org = uuid.UUID(tenant.organization_id)
+    tenant.client.get("/api/v1/analytics/summary/")  # the key's first use of the minute writes last_used_at
+    counts = []
+    for extra in (1, 40):
+        for i in range(extra):
+            services.task_outcome_record(event(org, at(DAY1, 8) + timedelta(seconds=i)))
+        url = f"/api/v1/analytics/summary/?start={DAY0}&end={DAY2}&group_by=model,priority,day&n={extra}"
+        services.summary_invalidate(organization_id=org)  # a cold cache both times
+        with CaptureQueriesContext(connection) as queries:
+            assert tenant.client.get(url).status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+    assert counts[0] <= 4  # the view's query budget
