@@ -233,3 +233,19 @@ def test_summary_api_query_count_does_not_grow_with_rows(tenant: Any) -> None:
         counts.append(len(queries))
     assert counts[0] == counts[1]
     assert counts[0] <= 4  # the view's query budget
+
+
+@pytest.mark.django_db
+def test_summary_still_answers_when_redis_is_down(settings: Any) -> None:
+    org = uuid.uuid4()
+    services.task_outcome_record(event(org, at(DAY1, 9)))
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+    summary = services.analytics_summary(organization_id=org, start=DAY0, end=DAY2)
+    assert summary.totals.tasks == 1
+    services.summary_invalidate(organization_id=org)  # logs, does not raise

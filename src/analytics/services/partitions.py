@@ -46,6 +46,8 @@ def partition_create(month: date) -> bool:
     month = month_of(month)
     name = partition_name(month)
     with transaction.atomic(), connection.cursor() as cursor:
+        # Two workers meeting a missing month at once: the second waits, then finds it.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
         row = cursor.fetchone()
         if row is not None and row[0]:
