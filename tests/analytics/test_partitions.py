@@ -154,3 +154,13 @@ def test_partitioning_migration_keeps_existing_rows() -> None:
     # New rows continue the identity after the copied ones.
     assert services.task_outcome_record(event(org, timezone.now())) is True
     assert TaskOutcome.objects.filter(organization_id=org).order_by("-id").values_list("id", flat=True)[0] > 200
+
+
+def test_beat_keeps_partitions_and_removes_old_exports_on_the_low_queue() -> None:
+    from config.celery import app
+
+    tasks = {entry["task"]: entry["schedule"] for entry in app.conf.beat_schedule.values()}
+    assert tasks["analytics.maintain_partitions"] <= 3600  # a new month never waits long
+    assert "analytics.cleanup_exports" in tasks
+    for name in ("analytics.maintain_partitions", "analytics.cleanup_exports", "analytics.export_csv"):
+        assert app.amqp.router.route({}, name)["queue"].name == "low"
