@@ -25,13 +25,15 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     DJANGO_SETTINGS_MODULE=config.settings \
     PORT=8000 \
-    SWITCHYARD_ROLE_FILE=/tmp/switchyard.role
+    SWITCHYARD_ROLE_FILE=/tmp/switchyard.role \
+    ANALYTICS_EXPORT_ROOT=/var/lib/switchyard/exports
 RUN groupadd --system --gid 10001 switchyard \
     && useradd --system --uid 10001 --gid switchyard --create-home --home-dir /home/switchyard \
         --shell /usr/sbin/nologin switchyard
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-# The code is owned by root and read-only for the app user; it writes only to /tmp.
+# The code is owned by root and read-only for the app user; it writes only to /tmp and
+# to /var/lib/switchyard/exports (analytics CSV exports; a volume shared by web and worker-low).
 COPY manage.py ./
 COPY bin ./bin
 COPY contracts ./contracts
@@ -43,7 +45,8 @@ RUN SECRET_KEY=collectstatic-only-build-time-key-not-used-at-run-time ALLOWED_HO
         WEBHOOK_SIGNING_SECRETS=collectstatic-only-build-time-webhook-secret \
         METRICS_TOKEN=collectstatic-only-build-time-metrics-token \
         bin/switchyard manage collectstatic --noinput --verbosity 0 \
-    && python -m compileall -q src contracts
+    && python -m compileall -q src contracts \
+    && install -d -o 10001 -g 10001 /var/lib/switchyard/exports
 # Collected above, into the read-only app dir: the web role must not collect again at start.
 ENV SWITCHYARD_COLLECTSTATIC=0
 USER 10001:10001

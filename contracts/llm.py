@@ -58,3 +58,13 @@ class AITask(Contract):
 class AITaskPage(Contract):
     results: list[AITask]
     next_cursor: str | None
+
+
+class QueueDepth(Contract):
+    """AI tasks waiting (``pending``) for one queue, and how many of them the dispatch
+    gate still holds in PostgreSQL (not yet handed to the broker)."""
+
+    queue: Literal["priority", "default", "low"]
+    priority: Literal["high", "normal", "low"]
+    pending: int
+    held: int

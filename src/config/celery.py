@@ -40,6 +40,9 @@ app.conf.beat_schedule = {
     "relay-outbox": {"task": "kernel.relay_outbox", "schedule": 5.0},
     "cleanup-idempotency-keys": {"task": "kernel.cleanup_idempotency_keys", "schedule": 3600.0},
     "cleanup-outbox": {"task": "kernel.cleanup_outbox", "schedule": 3600.0},
+    # Analytics: the next months' partitions exist before their events, old ones go.
+    "analytics-maintain-partitions": {"task": "analytics.maintain_partitions", "schedule": 3600.0},
+    "analytics-cleanup-exports": {"task": "analytics.cleanup_exports", "schedule": 600.0},
 }
 
 app.autodiscover_tasks()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import django_stubs_ext
 import environ
@@ -49,8 +50,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # BRIN indexes on the analytics partitions
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from the image (/api/docs/)
     "kernel",
     "users",
     "billing",
@@ -93,7 +96,7 @@ TEMPLATES = [
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 WHITENOISE_AUTOREFRESH = DEBUG
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -304,6 +307,30 @@ SWEEPER_PENDING_GRACE_S = env.int("SWEEPER_PENDING_GRACE_S", default=60)
 DEFAULT_MONTHLY_BUDGET_USD = env.str("DEFAULT_MONTHLY_BUDGET_USD", default="100")
 
 # ---------------------------------------------------------------------------------------
+# Analytics (docs/decisions/analytics.md): monthly partitions kept by beat, summaries
+# cached per organization, CSV exports written into the "analytics_exports" storage.
+# ---------------------------------------------------------------------------------------
+ANALYTICS_RETENTION_MONTHS = env.int("ANALYTICS_RETENTION_MONTHS", default=13)
+ANALYTICS_PARTITIONS_AHEAD = env.int("ANALYTICS_PARTITIONS_AHEAD", default=3)
+ANALYTICS_SUMMARY_TTL_S = env.int("ANALYTICS_SUMMARY_TTL_S", default=300)
+ANALYTICS_EXPORT_TTL_S = env.int("ANALYTICS_EXPORT_TTL_S", default=7 * 24 * 3600)
+ANALYTICS_EXPORT_CHUNK_ROWS = env.int("ANALYTICS_EXPORT_CHUNK_ROWS", default=2000)
+# Any Django storage: FileSystemStorage by default; an S3-compatible bucket with
+# ANALYTICS_EXPORT_STORAGE=storages.backends.s3.S3Storage (install django-storages[s3]
+# and set its AWS_* settings). https://django-storages.readthedocs.io/en/latest/backends/amazon-S3.html
+_export_storage = env.str("ANALYTICS_EXPORT_STORAGE", default="django.core.files.storage.FileSystemStorage")
+STORAGES["analytics_exports"] = {
+    "BACKEND": _export_storage,
+    "OPTIONS": {"location": env.str("ANALYTICS_EXPORT_ROOT", default=str(BASE_DIR / "var" / "exports"))}
+    if _export_storage.endswith("FileSystemStorage")
+    else {},
+}
+if ANALYTICS_RETENTION_MONTHS < 1:
+    _config_errors.append("ANALYTICS_RETENTION_MONTHS must be at least 1")
+LOGIN_URL = "dashboard-login"  # the dashboard's session login (staff and members)
+LOGIN_REDIRECT_URL = "dashboard"
+
+# ---------------------------------------------------------------------------------------
 # HTTP API
 # ---------------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
@@ -370,6 +397,10 @@ SPECTACULAR_SETTINGS = {
     },
     "SECURITY": [{"ApiKey": []}],
     "ENUM_NAME_OVERRIDES": {},
+    # Swagger UI and its favicon from drf-spectacular-sidecar's static files, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "llm.api.schema.add_event_stream_path",  # the SSE view is not a DRF view

@@ -2,9 +2,11 @@
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from analytics.api.dashboard import dashboard
 from kernel import health
 
 api_v1 = [
@@ -20,6 +22,13 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
+    path("dashboard/", dashboard, name="dashboard"),
+    path(
+        "dashboard/login/",
+        auth_views.LoginView.as_view(template_name="analytics/login.html", redirect_authenticated_user=True),
+        name="dashboard-login",
+    ),
+    path("dashboard/logout/", auth_views.LogoutView.as_view(next_page="dashboard-login"), name="dashboard-logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # GET only: OPTIONS rendered DRF's metadata through the HTML template renderer (a 500).
     path(

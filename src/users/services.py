@@ -105,6 +105,13 @@ def organization_list() -> list[Organization]:
     return [_to_organization(org) for org in OrganizationModel.objects.order_by("name")]
 
 
+def organization_list_for_member(*, user_id: int) -> list[Organization]:
+    """The organizations ``user_id`` is a member of (any role), by name."""
+    return [
+        _to_organization(org) for org in OrganizationModel.objects.filter(memberships__user_id=user_id).order_by("name")
+    ]
+
+
 # -- API keys -------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from llm.services import dispatch
 from llm.services._common import status_payload
 from llm.services.dispatch import FillReport, dispatch_fill
 from llm.services.execution import Outcome, backoff_seconds, task_execute
+from llm.services.queues import queue_depths
 from llm.services.runtime import runtime
 from llm.services.submit import (
     TaskNotCancellable,
@@ -48,6 +49,7 @@ __all__ = [
     "dead_letter_replay",
     "dispatch",
     "dispatch_fill",
+    "queue_depths",
     "status_payload",
     "task_cancel",
     "task_execute",
