@@ -177,6 +177,60 @@ def test_completion_before_the_cancel_wins_and_the_cancel_is_refused(tenant) -> 
     assert row.status == "done" and budget(tenant).spent_usd == row.cost_usd > 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_real_race_of_completion_and_cancel_settles_once_whichever_wins(tenant) -> None:
+    """The lease holder's completion and a client's cancel, started together on two
+    threads (each with its own connection), many times. Whichever order PostgreSQL's row
+    lock gives them: the answer is charged exactly once, the reservation is closed, and
+    the final state agrees with who won (a refused cancel means ``done``; an accepted one
+    means ``cancelled`` and a completion that reports it)."""
+    import threading
+
+    from django.db import connection
+
+    from llm.services.execution import _complete
+
+    org = uuid.UUID(tenant.organization_id)
+    expected = Decimal("0.0005") + Decimal("0.003")
+    seen: set[str] = set()
+    for n in range(8):
+        task = _claim_for_test(submit(tenant, prompt=f"Race number {n}", cache=False))
+        barrier = threading.Barrier(2)
+        results: dict[str, str] = {}
+
+        def complete(task: AITask = task, barrier: threading.Barrier = barrier, results: dict = results) -> None:
+            barrier.wait()
+            try:
+                results["complete"] = _complete(task, _completion()).kind
+            finally:
+                connection.close()
+
+        def cancel(task: AITask = task, barrier: threading.Barrier = barrier, results: dict = results) -> None:
+            barrier.wait()
+            try:
+                services.task_cancel(organization_id=org, task_id=task.id)
+                results["cancel"] = "accepted"
+            except services.TaskNotCancellable:
+                results["cancel"] = "refused"
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=complete), threading.Thread(target=cancel)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        row = AITask.objects.get(id=task.id)
+        if results["cancel"] == "refused":
+            assert (results["complete"], row.status) == ("done", "done")
+        else:
+            assert (results["complete"], row.status) == ("cancelled", "cancelled")
+        assert row.cost_usd == expected and row.lease_token is None
+        seen.add(row.status)
+    status = budget(tenant)
+    assert status.spent_usd == expected * 8 and status.reserved_usd == 0, seen
+
+
 def test_a_reclaimed_lease_holder_charges_nothing(tenant) -> None:
     """A worker that lost its lease (another took the task over) neither completes nor
     charges, even if the task was cancelled meanwhile."""
@@ -275,16 +329,22 @@ class TestSweeper:
         assert task.dispatch_count == 2 and task.dispatched_at is not None and task.dispatched_at > sent
         # The second copy went out 1.5 graces ago: the third waits for 2 graces.
         AITask.objects.filter(id=task_id).update(dispatched_at=timezone.now() - timedelta(seconds=grace * 1.5))
-        assert services.tasks_sweep().redispatched == 0
+        with self.capture_on_commit(execute=True):
+            assert services.tasks_sweep().redispatched == 0
+        assert broker.task_ids("default") == [task_id]  # no copy before it is due
         AITask.objects.filter(id=task_id).update(dispatched_at=timezone.now() - timedelta(seconds=grace * 2 + 1))
-        assert services.tasks_sweep().redispatched == 1
+        with self.capture_on_commit(execute=True):
+            assert services.tasks_sweep().redispatched == 1
+        assert broker.task_ids("default") == [task_id, task_id]  # the third copy, and only it
 
-    def test_tasks_waiting_at_the_gate_are_never_redispatched(self, tenant) -> None:
+    def test_tasks_waiting_at_the_gate_are_never_redispatched(self, tenant, broker) -> None:
         """A backlog held at the gate is not the sweeper's: no duplicate messages for it."""
         task_id = submit(tenant)
         AITask.objects.filter(id=task_id).update(created_at=timezone.now() - timedelta(minutes=10))
         assert AITask.objects.get(id=task_id).dispatched_at is None
-        assert services.tasks_sweep().redispatched == 0
+        with self.capture_on_commit(execute=True):
+            assert services.tasks_sweep().redispatched == 0
+        assert broker.task_ids("default") == []
 
     def test_a_pending_task_past_its_expiry_fails_and_frees_its_budget(self, tenant, settings) -> None:
         task_id = submit(tenant)
