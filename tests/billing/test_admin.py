@@ -17,9 +17,14 @@ from billing import money
 from billing import services as billing
 from billing.admin import BudgetAdmin
 from billing.models import Budget, Price, Reservation, UsageEntry
-from tests.billing.helpers import ESTIMATE, reserve, settle
+from tests.billing.helpers import ESTIMATE, settle
+from tests.factories import ReservationFactory
 
 pytestmark = pytest.mark.django_db
+
+
+def reserve(org_id: UUID) -> Any:
+    return ReservationFactory.create(organization_id=org_id)
 
 
 def rows(response: Any) -> list[Any]:
@@ -65,7 +70,9 @@ def test_prices_in_force_are_read_only_and_new_rows_can_be_added(admin_client: C
     seeded = Price.objects.filter(model="fake-small").earliest("valid_from")
     url = f"/admin/billing/price/{seeded.pk}/change/"
     assert 'name="input_usd_per_mtok"' not in admin_client.get(url).content.decode()
-    admin_client.post(url, {"model": "fake-small", "provider": "fake", "input_usd_per_mtok": "99", "valid_from": "2000-01-01"})
+    admin_client.post(
+        url, {"model": "fake-small", "provider": "fake", "input_usd_per_mtok": "99", "valid_from": "2000-01-01"}
+    )
     after = Price.objects.get(pk=seeded.pk)
     assert (after.input_usd_per_mtok, after.valid_from) == (seeded.input_usd_per_mtok, seeded.valid_from)
     # A price change is a new row from a future day; until that day the row can still be edited.
@@ -115,7 +122,7 @@ def test_the_budget_form_edits_the_limit_and_never_the_counters(admin_client: Cl
     forged = {"limit_usd": "3", "spent_usd": "999", "reserved_usd": "0", "period": "2000-01-01"}
     assert admin_client.post(url, forged).status_code == 302
     status = billing.budget_status(organization_id=org_id)
-    assert (status.limit_usd, status.spent_usd, status.reserved_usd) == (Decimal(3), 0, ESTIMATE)
+    assert (status.limit_usd, status.spent_usd, status.reserved_usd) == (Decimal(3), Decimal(0), ESTIMATE)
     assert Budget.objects.get(pk=budget.pk).period == budget.period
 
 

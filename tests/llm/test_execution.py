@@ -15,6 +15,8 @@ from billing import services as billing
 from kernel.models import OutboxEvent
 from llm import services, streams
 from llm.models import AITask, DeadLetter
+from tests.factories import AITaskFactory
+from users.models import Organization
 
 pytestmark = pytest.mark.django_db
 
@@ -32,6 +34,10 @@ def submit(tenant, prompt: str = "Summarise the history of railways.", **body) -
     response = tenant.client.post("/api/v1/ai-tasks/", {"prompt": prompt, **body}, format="json")
     assert response.status_code == 202, response.json()
     return response.json()["id"]
+
+
+def organization(tenant) -> Organization:
+    return Organization.objects.get(id=tenant.organization_id)
 
 
 def budget(tenant):
@@ -285,13 +291,7 @@ class TestSweeper:
         self.capture_on_commit = django_capture_on_commit_callbacks
 
     def test_expired_lease_goes_back_to_the_gate_and_one_message_is_sent(self, tenant, broker) -> None:
-        task_id = submit(tenant)
-        AITask.objects.filter(id=task_id).update(
-            status="processing",
-            attempts=1,
-            lease_token=uuid.uuid4(),
-            lease_expires_at=timezone.now() - timedelta(seconds=1),
-        )
+        task_id = str(AITaskFactory.create(organization=organization(tenant), lease_expired=True).id)
         report = services.tasks_sweep()
         assert report.lease_expired == 1 and report.redispatched == 0
         task = AITask.objects.get(id=task_id)
@@ -304,13 +304,8 @@ class TestSweeper:
 
     def test_expired_lease_on_last_attempt_fails_and_dead_letters(self, tenant, settings) -> None:
         settings.TASK_MAX_ATTEMPTS = 2
-        task_id = submit(tenant)
-        AITask.objects.filter(id=task_id).update(
-            status="processing",
-            attempts=2,
-            lease_token=uuid.uuid4(),
-            lease_expires_at=timezone.now() - timedelta(seconds=1),
-        )
+        task_id = str(AITaskFactory.create(organization=organization(tenant), lease_expired=True, attempts=2).id)
+        assert budget(tenant).reserved_usd > 0
         assert services.tasks_sweep().failed == 1
         task = AITask.objects.get(id=task_id)
         assert task.status == "failed" and task.error_code == "worker_lost"
@@ -357,15 +352,9 @@ class TestSweeper:
         assert budget(tenant).reserved_usd == 0
         assert DeadLetter.objects.filter(task_id=task.id).exists()
 
-    def test_one_failing_row_does_not_stall_the_batch(self, make_tenant, settings) -> None:
+    def test_one_failing_row_does_not_stall_the_batch(self) -> None:
         """A row whose change fails is skipped in its own savepoint; the others recover."""
-        alice, bob = make_tenant(), make_tenant()
-        poison, healthy = submit(alice), submit(bob)
-        past = timezone.now() - timedelta(seconds=1)
-        for task_id in (poison, healthy):
-            AITask.objects.filter(id=task_id).update(
-                status="processing", attempts=1, lease_token=uuid.uuid4(), lease_expires_at=past
-            )
+        poison, healthy = (str(AITaskFactory.create(lease_expired=True).id) for _ in range(2))
         from django.db import connection
 
         with connection.cursor() as cursor:  # a trigger that rejects any change to the poison row
