@@ -90,6 +90,18 @@ class Broker:
         messages = [json.loads(raw) for raw in self.client.lrange(queue, 0, -1)]
         return [message["headers"]["id"] for message in reversed(messages)]  # LPUSH: oldest last
 
+    def calls(self, queue: str) -> list[tuple[str, list[Any]]]:
+        """(task name, positional arguments) of each message waiting on ``queue``, oldest first."""
+        import base64
+        import json
+
+        calls = []
+        for raw in reversed(self.client.lrange(queue, 0, -1)):
+            message = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            calls.append((message["headers"]["task"], args))
+        return calls
+
 
 @pytest.fixture
 def broker() -> Broker:

@@ -37,25 +37,63 @@ def test_three_queues_each_with_its_own_exchange_and_routing_key() -> None:
     assert app.conf.task_default_queue == "default"
 
 
-def test_worker_policy() -> None:
+def test_the_app_carries_the_worker_policy() -> None:
+    """What every worker process inherits (the running worker's view is checked below)."""
     conf = app.conf
-    assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
-    assert conf.worker_prefetch_multiplier == 1
     assert conf.worker_max_tasks_per_child and conf.worker_max_tasks_per_child > 0
     assert conf.worker_max_memory_per_child and conf.worker_max_memory_per_child > 0
     assert conf.worker_hijack_root_logger is False  # kernel.logging owns logging
     assert conf.task_ignore_result is True
 
 
-def test_time_limits_come_from_settings_and_nest_below_the_visibility_timeout() -> None:
+def test_time_limits_nest_below_the_visibility_timeout() -> None:
     conf = app.conf
-    assert conf.task_soft_time_limit == settings.TASK_SOFT_TIME_LIMIT
-    assert conf.task_time_limit == settings.TASK_TIME_LIMIT
     assert settings.LLM_HTTP_TIMEOUT < conf.task_soft_time_limit < conf.task_time_limit
-    visibility = conf.broker_transport_options["visibility_timeout"]
-    assert conf.task_time_limit < visibility
+    assert conf.task_time_limit < conf.broker_transport_options["visibility_timeout"]
     assert settings.TASK_LEASE_SECONDS > 2 * settings.TASK_HEARTBEAT_S
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_started_by_bin_switchyard_runs_with_the_policy(tenant, tmp_path: Path) -> None:
+    """A real worker, started by bin/switchyard with its default concurrency, answers
+    ``inspect stats``/``conf`` with a threads pool of 300, prefetch 1 per slot, late acks
+    and the time limits of its environment; and acks late in fact: while a task runs its
+    message is still unacknowledged in the broker, and acknowledged once it ends."""
+    import redis
+
+    from llm.models import AITask
+    from tests.pipeline.conftest import Worker, wait_for
+
+    worker = Worker("default", tmp_path, WORKER_CONCURRENCY="")  # empty: bin/switchyard's default
+    try:
+        worker.wait_ready()
+        inspect = app.control.inspect(destination=[worker.name], timeout=5)
+        [stats] = (inspect.stats() or {}).values()
+        [conf] = (inspect.conf() or {}).values()
+        assert stats["pool"]["implementation"] == "celery.concurrency.thread:TaskPool"
+        assert stats["pool"]["max-concurrency"] == 300
+        assert stats["prefetch_count"] == 300  # worker_prefetch_multiplier 1 x 300 slots
+        # The Django settings namespace (CELERY_*), as the worker process resolved it.
+        assert conf["CELERY_WORKER_PREFETCH_MULTIPLIER"] == 1
+        assert conf["CELERY_TASK_ACKS_LATE"] is True and conf["CELERY_TASK_REJECT_ON_WORKER_LOST"] is True
+        # The test environment's limits (settings_test); the defaults are checked below.
+        assert (conf["CELERY_TASK_SOFT_TIME_LIMIT"], conf["CELERY_TASK_TIME_LIMIT"]) == (4, 6)
+
+        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        response = tenant.client.post("/api/v1/ai-tasks/", {"prompt": "Slow #fake:sleep=2000"}, format="json")
+        task_id = response.json()["id"]
+
+        def unacked() -> bool:
+            return any(task_id.encode() in raw for raw in broker.hvals("unacked"))
+
+        wait_for(lambda: AITask.objects.filter(id=task_id, status="processing").exists(), timeout=20)
+        assert unacked()  # acks_late: a worker lost now leaves the message to be redelivered
+        wait_for(lambda: AITask.objects.filter(id=task_id, status="done").exists(), timeout=20)
+        wait_for(lambda: not unacked(), timeout=5)
+    finally:
+        worker.stop()
 
 
 def test_publishing_fails_fast_during_a_broker_outage() -> None:

@@ -19,6 +19,7 @@ class MembershipInline(admin.TabularInline[Membership, Organization]):
 class OrganizationAdmin(admin.ModelAdmin[Organization]):
     list_display = ["name", "id", "requests_per_minute", "tokens_per_minute", "created_at"]
     search_fields = ["name", "id"]
+    ordering = ["name", "id"]  # the autocomplete (dispatch policies) pages by this order
     inlines = [MembershipInline]
 
 

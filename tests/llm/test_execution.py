@@ -15,6 +15,8 @@ from billing import services as billing
 from kernel.models import OutboxEvent
 from llm import services, streams
 from llm.models import AITask, DeadLetter
+from tests.factories import AITaskFactory
+from users.models import Organization
 
 pytestmark = pytest.mark.django_db
 
@@ -32,6 +34,10 @@ def submit(tenant, prompt: str = "Summarise the history of railways.", **body) -
     response = tenant.client.post("/api/v1/ai-tasks/", {"prompt": prompt, **body}, format="json")
     assert response.status_code == 202, response.json()
     return response.json()["id"]
+
+
+def organization(tenant) -> Organization:
+    return Organization.objects.get(id=tenant.organization_id)
 
 
 def budget(tenant):
@@ -125,77 +131,6 @@ def test_dead_letter_replay_runs_the_task_again(tenant, run, settings) -> None:
     assert budget(tenant).spent_usd == AITask.objects.get(id=task_id).cost_usd > 0
 
 
-def _claim_for_test(task_id: str) -> AITask:
-    from llm.services.execution import _claim
-
-    task = _claim(uuid.UUID(task_id))
-    assert task is not None
-    return task
-
-
-def _completion(input_tokens: int = 1000, output_tokens: int = 2000):
-    from llm.providers import Completion
-
-    return Completion(
-        text="the whole answer",
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        model="fake-small",
-        finish_reason="stop",
-    )
-
-
-def test_cancel_before_the_lease_holder_completes_charges_what_was_produced(tenant) -> None:
-    """Cancel wins the race: the holder's completion finds the row cancelled, with its own
-    lease token, and charges the answer the provider produced (once); the task stays
-    cancelled and the reservation is closed."""
-    from llm.services.execution import _complete
-
-    task_id = submit(tenant)
-    task = _claim_for_test(task_id)
-    services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
-    assert budget(tenant).reserved_usd > 0  # held for the running attempt to settle
-    assert _complete(task, _completion()).kind == "cancelled"
-    row = AITask.objects.get(id=task_id)
-    expected = Decimal("0.0005") + Decimal("0.003")  # 1000 in, 2000 out at fake-small prices
-    assert row.status == "cancelled" and row.cost_usd == expected and row.lease_token is None
-    assert budget(tenant).spent_usd == expected and budget(tenant).reserved_usd == 0
-    # A second settlement (a duplicate) charges nothing more.
-    assert _complete(task, _completion()).kind == "discarded"
-    assert budget(tenant).spent_usd == expected
-
-
-def test_completion_before_the_cancel_wins_and_the_cancel_is_refused(tenant) -> None:
-    from llm.services.execution import _complete
-
-    task_id = submit(tenant)
-    task = _claim_for_test(task_id)
-    assert _complete(task, _completion()).kind == "done"
-    with pytest.raises(services.TaskNotCancellable):
-        services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
-    row = AITask.objects.get(id=task_id)
-    assert row.status == "done" and budget(tenant).spent_usd == row.cost_usd > 0
-
-
-def test_a_reclaimed_lease_holder_charges_nothing(tenant) -> None:
-    """A worker that lost its lease (another took the task over) neither completes nor
-    charges, even if the task was cancelled meanwhile."""
-    from llm.services.execution import _complete
-
-    task_id = submit(tenant)
-    task = _claim_for_test(task_id)
-    AITask.objects.filter(id=task_id).update(lease_token=uuid.uuid4())  # taken over
-    services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
-    assert _complete(task, _completion()).kind == "discarded"
-    assert budget(tenant).spent_usd == 0
-
-
-def test_cancel_of_a_pending_task_releases_its_reservation_at_once(tenant) -> None:
-    task_id = submit(tenant)
-    services.task_cancel(organization_id=uuid.UUID(tenant.organization_id), task_id=uuid.UUID(task_id))
-    assert budget(tenant).reserved_usd == 0 and budget(tenant).spent_usd == 0
-
-
 def test_response_cache_hit_is_done_at_once_free_and_per_organization(make_tenant, run) -> None:
     alice, bob = make_tenant(), make_tenant()
     prompt = "What is a switchyard? #fake:tokens=100,200"
@@ -231,13 +166,7 @@ class TestSweeper:
         self.capture_on_commit = django_capture_on_commit_callbacks
 
     def test_expired_lease_goes_back_to_the_gate_and_one_message_is_sent(self, tenant, broker) -> None:
-        task_id = submit(tenant)
-        AITask.objects.filter(id=task_id).update(
-            status="processing",
-            attempts=1,
-            lease_token=uuid.uuid4(),
-            lease_expires_at=timezone.now() - timedelta(seconds=1),
-        )
+        task_id = str(AITaskFactory.create(organization=organization(tenant), lease_expired=True).id)
         report = services.tasks_sweep()
         assert report.lease_expired == 1 and report.redispatched == 0
         task = AITask.objects.get(id=task_id)
@@ -250,13 +179,8 @@ class TestSweeper:
 
     def test_expired_lease_on_last_attempt_fails_and_dead_letters(self, tenant, settings) -> None:
         settings.TASK_MAX_ATTEMPTS = 2
-        task_id = submit(tenant)
-        AITask.objects.filter(id=task_id).update(
-            status="processing",
-            attempts=2,
-            lease_token=uuid.uuid4(),
-            lease_expires_at=timezone.now() - timedelta(seconds=1),
-        )
+        task_id = str(AITaskFactory.create(organization=organization(tenant), lease_expired=True, attempts=2).id)
+        assert budget(tenant).reserved_usd > 0
         assert services.tasks_sweep().failed == 1
         task = AITask.objects.get(id=task_id)
         assert task.status == "failed" and task.error_code == "worker_lost"
@@ -275,16 +199,22 @@ class TestSweeper:
         assert task.dispatch_count == 2 and task.dispatched_at is not None and task.dispatched_at > sent
         # The second copy went out 1.5 graces ago: the third waits for 2 graces.
         AITask.objects.filter(id=task_id).update(dispatched_at=timezone.now() - timedelta(seconds=grace * 1.5))
-        assert services.tasks_sweep().redispatched == 0
+        with self.capture_on_commit(execute=True):
+            assert services.tasks_sweep().redispatched == 0
+        assert broker.task_ids("default") == [task_id]  # no copy before it is due
         AITask.objects.filter(id=task_id).update(dispatched_at=timezone.now() - timedelta(seconds=grace * 2 + 1))
-        assert services.tasks_sweep().redispatched == 1
+        with self.capture_on_commit(execute=True):
+            assert services.tasks_sweep().redispatched == 1
+        assert broker.task_ids("default") == [task_id, task_id]  # the third copy, and only it
 
-    def test_tasks_waiting_at_the_gate_are_never_redispatched(self, tenant) -> None:
+    def test_tasks_waiting_at_the_gate_are_never_redispatched(self, tenant, broker) -> None:
         """A backlog held at the gate is not the sweeper's: no duplicate messages for it."""
         task_id = submit(tenant)
         AITask.objects.filter(id=task_id).update(created_at=timezone.now() - timedelta(minutes=10))
         assert AITask.objects.get(id=task_id).dispatched_at is None
-        assert services.tasks_sweep().redispatched == 0
+        with self.capture_on_commit(execute=True):
+            assert services.tasks_sweep().redispatched == 0
+        assert broker.task_ids("default") == []
 
     def test_a_pending_task_past_its_expiry_fails_and_frees_its_budget(self, tenant, settings) -> None:
         task_id = submit(tenant)
@@ -297,15 +227,9 @@ class TestSweeper:
         assert budget(tenant).reserved_usd == 0
         assert DeadLetter.objects.filter(task_id=task.id).exists()
 
-    def test_one_failing_row_does_not_stall_the_batch(self, make_tenant, settings) -> None:
+    def test_one_failing_row_does_not_stall_the_batch(self) -> None:
         """A row whose change fails is skipped in its own savepoint; the others recover."""
-        alice, bob = make_tenant(), make_tenant()
-        poison, healthy = submit(alice), submit(bob)
-        past = timezone.now() - timedelta(seconds=1)
-        for task_id in (poison, healthy):
-            AITask.objects.filter(id=task_id).update(
-                status="processing", attempts=1, lease_token=uuid.uuid4(), lease_expires_at=past
-            )
+        poison, healthy = (str(AITaskFactory.create(lease_expired=True).id) for _ in range(2))
         from django.db import connection
 
         with connection.cursor() as cursor:  # a trigger that rejects any change to the poison row

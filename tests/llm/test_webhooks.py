@@ -152,11 +152,21 @@ def test_redirects_are_not_followed(receiver, finished) -> None:
     assert len(receiver.requests) == 1
 
 
-def test_sweeper_resends_a_webhook_that_was_never_enqueued(receiver, finished, settings) -> None:
-    task_id = finished()  # enqueued on commit; pretend the broker was down at that moment
+def test_sweeper_resends_a_webhook_that_was_never_enqueued(
+    receiver, finished, broker, django_capture_on_commit_callbacks
+) -> None:
+    task_id = finished()
+    broker.clear("priority")  # the message sent on commit is lost (the broker was down at that moment)
     AITask.objects.filter(id=task_id).update(completed_at=timezone.now() - timedelta(minutes=5))
-    assert services.tasks_sweep().webhooks_requeued == 1
-    assert services.tasks_sweep().webhooks_requeued == 0  # re-sent at most once per grace period
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.tasks_sweep().webhooks_requeued == 1
+    assert broker.calls("priority") == [("llm.deliver_webhook", [task_id])]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.tasks_sweep().webhooks_requeued == 0  # re-sent at most once per grace period
+    [(_, args)] = broker.calls("priority")
+    # The message the sweeper sent delivers the webhook (what the worker does with it).
+    assert services.webhook_deliver(task_id=uuid.UUID(args[0])).kind == "delivered"
+    assert len(receiver.requests) == 1 and json.loads(receiver.requests[0][1])["id"] == task_id
 
 
 def test_sweeper_resends_a_lost_retry_after_its_backoff_only(receiver, finished) -> None:
