@@ -80,7 +80,10 @@ def test_conversation_uses_the_assistant_settings_and_overrides(tenant) -> None:
     assert (other["model"], other["fallback_models"]) == ("fake-large", [])
     bare = start(tenant)
     assert bare["assistant_id"] is None
-    assert tenant.client.post("/api/v1/conversations/", {"assistant_id": str(uuid.uuid4())}, format="json").status_code == 404
+    assert (
+        tenant.client.post("/api/v1/conversations/", {"assistant_id": str(uuid.uuid4())}, format="json").status_code
+        == 404
+    )
     assert tenant.client.post("/api/v1/conversations/", {"model": "nope"}, format="json").status_code == 400
 
 
@@ -117,7 +120,10 @@ def test_409_while_the_previous_turn_runs_then_free_once_it_ended(tenant) -> Non
     third = say(tenant, conversation["id"], "third message")
     assert third.status_code == 202, third.json()
     turns = tenant.client.get(f"/api/v1/conversations/{conversation['id']}/").json()["turns"]
-    assert [(t["content"], t["status"]) for t in turns] == [("first message", "cancelled"), ("third message", "running")]
+    assert [(t["content"], t["status"]) for t in turns] == [
+        ("first message", "cancelled"),
+        ("third message", "running"),
+    ]
 
 
 def test_conversations_of_another_organization_are_404(make_tenant) -> None:
@@ -128,11 +134,14 @@ def test_conversations_of_another_organization_are_404(make_tenant) -> None:
     assert say(bob, conversation["id"], "hello there").status_code == 404
     assert bob.client.get(f"/api/v1/assistants/{assistant['id']}/conversations/").status_code == 404
     assert bob.client.get("/api/v1/conversations/").json()["results"] == []
-    assert bob.client.post("/api/v1/conversations/", {"assistant_id": assistant["id"]}, format="json").status_code == 404
+    assert (
+        bob.client.post("/api/v1/conversations/", {"assistant_id": assistant["id"]}, format="json").status_code == 404
+    )
 
 
 @pytest.mark.parametrize(
-    "body", [{}, {"content": ""}, {"content": "   "}, {"content": "x" * 4001}, {"content": "hi", "callback_url": "ftp://x"}]
+    "body",
+    [{}, {"content": ""}, {"content": "   "}, {"content": "x" * 4001}, {"content": "hi", "callback_url": "ftp://x"}],
 )
 def test_message_input_errors_are_400(tenant, body) -> None:
     conversation = start(tenant)
@@ -180,7 +189,8 @@ def _seed(tenant, assistant_id: str, conversations: int, turns: int) -> str:
         Conversation(organization_id=org, assistant_id=assistant_id, model="fake-small") for _ in range(conversations)
     )
     Turn.objects.bulk_create(
-        Turn(conversation=rows[0], task_id=uuid.uuid4(), content=f"m{i}", reply="r", status="done") for i in range(turns)
+        Turn(conversation=rows[0], task_id=uuid.uuid4(), content=f"m{i}", reply="r", status="done")
+        for i in range(turns)
     )
     return str(rows[0].id)
 
@@ -197,7 +207,9 @@ def test_query_counts_do_not_grow_with_n(tenant, n, django_assert_num_queries) -
     with django_assert_num_queries(2):
         tenant.client.get(f"/api/v1/assistants/{assistant_id}/")
     with django_assert_num_queries(3):  # key, the assistant (scope), one page
-        assert len(tenant.client.get(f"/api/v1/assistants/{assistant_id}/conversations/?limit=100").json()["results"]) == n
+        assert (
+            len(tenant.client.get(f"/api/v1/assistants/{assistant_id}/conversations/?limit=100").json()["results"]) == n
+        )
     with django_assert_num_queries(2):
         assert len(tenant.client.get("/api/v1/conversations/?limit=100").json()["results"]) == n
     with django_assert_num_queries(3):  # key, conversation, turns (no running turn: no task lookup)
