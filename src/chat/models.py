@@ -21,7 +21,8 @@ class Assistant(models.Model):
         LOW = "low"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    organization = models.ForeignKey("users.Organization", on_delete=models.CASCADE, related_name="+")
+    # Composite indexes below lead with the foreign keys: no separate single-column index.
+    organization = models.ForeignKey("users.Organization", on_delete=models.CASCADE, related_name="+", db_index=False)
     name = models.CharField(max_length=200)
     system_prompt = models.TextField(blank=True, default="")
     model = models.CharField(max_length=100)
@@ -51,9 +52,9 @@ class Conversation(models.Model):
     cache keys never change under it."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    organization = models.ForeignKey("users.Organization", on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey("users.Organization", on_delete=models.CASCADE, related_name="+", db_index=False)
     assistant = models.ForeignKey(
-        Assistant, on_delete=models.SET_NULL, null=True, blank=True, related_name="conversations"
+        Assistant, on_delete=models.SET_NULL, null=True, blank=True, related_name="conversations", db_index=False
     )
     title = models.CharField(max_length=200, blank=True, default="")
     system_prompt = models.TextField(blank=True, default="")
@@ -91,7 +92,7 @@ class Turn(models.Model):
         CANCELLED = "cancelled"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns", db_index=False)
     task_id = models.UUIDField(unique=True)
     content = models.TextField()
     reply = models.TextField(null=True, blank=True)
@@ -102,7 +103,8 @@ class Turn(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["conversation", "created_at"], name="turn_conversation_created")]
+        # A conversation's turns in order (id breaks ties of created_at).
+        indexes = [models.Index(fields=["conversation", "created_at", "id"], name="turn_conversation_created")]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=["running", "done", "failed", "cancelled"]), name="turn_status_valid"

@@ -61,9 +61,8 @@ def conversation_list(
 ) -> ConversationPage:
     """Newest first, without transcripts. With ``assistant_id``: that assistant's recent
     conversations (404 for another organization's assistant)."""
-    if (
-        assistant_id is not None
-        and not selectors.assistant_exists(organization_id=organization_id, assistant_id=assistant_id)
+    if assistant_id is not None and not selectors.assistant_exists(
+        organization_id=organization_id, assistant_id=assistant_id
     ):
         raise AssistantNotFound()
     rows, next_cursor = selectors.conversation_page(
