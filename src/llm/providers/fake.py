@@ -52,7 +52,7 @@ _DIRECTIVE = re.compile(
     r"|tokens=(?P<tokens_in>\d{1,12}),(?P<tokens_out>\d{1,12})"
     r"|(?P<hang>hang)"
     r"|(?P<echo>echo)"
-    r")(?![\w=]|[:,]\w)"
+    r")(?![\w=@]|[:,]\w)"
 )
 
 _VOCABULARY = (
