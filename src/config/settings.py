@@ -378,7 +378,11 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "description": "Switchyard API key"}}
     },
     "SECURITY": [{"ApiKey": []}],
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "PriorityEnum": ["high", "normal", "low"],  # tasks, assistants and conversations share it
+        "StatusEnum": ["pending", "processing", "done", "failed", "cancelled"],  # an AI task's
+        "TurnStatusEnum": ["running", "done", "failed", "cancelled"],
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "llm.api.schema.add_event_stream_path",  # the SSE view is not a DRF view
