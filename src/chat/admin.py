@@ -24,7 +24,7 @@ class TurnInline(admin.TabularInline[Turn, Conversation]):
     extra = 0
     can_delete = False
     ordering = ["created_at"]
-    fields = ["created_at", "status", "content", "reply", "task_id", "input_tokens", "output_tokens"]
+    fields = ("created_at", "status", "content", "reply", "task_id", "input_tokens", "output_tokens")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:

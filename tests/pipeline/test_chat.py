@@ -70,7 +70,7 @@ def test_the_third_prompt_holds_the_first_two_turns_from_redis_from_postgres_and
     assert received["messages"] == [*history, ["user", "Summarise what we said. #fake:echo"]]
     # The fake counted the whole list as input, and the task was built from the same list.
     assert third.input_tokens == estimate_prompt_tokens([SYSTEM, *(content for _, content in received["messages"])])
-    assert [m["role"] for m in third.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in third.messages or []] == ["system", "user", "assistant", "user", "assistant", "user"]
     history += [["user", "Summarise what we said. #fake:echo"], ["assistant", third.result]]
 
     # The cached context is gone: rebuilt from PostgreSQL, the same conversation state.

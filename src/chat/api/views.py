@@ -216,7 +216,7 @@ class ConversationMessagesApi(APIView):
         stored = kernel.idempotent_execute(
             scope=str(principal.organization_id),
             key=key,
-            fingerprint=kernel.request_fingerprint({"conversation": str(conversation_id), **request.data}),
+            fingerprint=kernel.request_fingerprint({"conversation": str(conversation_id), "body": request.data}),
             operation=accept,
         )
         headers = {**stored.headers, "Idempotent-Replayed": "true" if stored.replayed else "false"}

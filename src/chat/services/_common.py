@@ -37,7 +37,7 @@ def to_assistant(row: Assistant) -> AssistantContract:
         system_prompt=row.system_prompt,
         model=row.model,
         fallback_models=list(row.fallback_models),
-        default_priority=row.default_priority,  # type: ignore[arg-type]
+        default_priority=row.default_priority,
         context_token_budget=row.context_token_budget,
         max_tokens=row.max_tokens,
         metadata=row.metadata,
@@ -78,7 +78,7 @@ def to_turn(row: Turn) -> TurnContract:
     return TurnContract(
         id=row.id,
         task_id=row.task_id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         content=row.content,
         reply=row.reply,
         input_tokens=row.input_tokens,

@@ -64,7 +64,7 @@ def turn_post(post: TurnPost) -> TurnAccepted:
                 messages=messages,
                 model=conversation.model,
                 fallback_models=list(conversation.fallback_models),
-                priority=conversation.priority,  # type: ignore[arg-type]
+                priority=conversation.priority,
                 max_tokens=conversation.max_tokens,
                 metadata={**post.metadata, "conversation_id": str(conversation.id), "turn_id": str(turn_id)},
                 callback_url=post.callback_url,
