@@ -214,3 +214,19 @@ def test_query_counts_do_not_grow_with_n(tenant, n, django_assert_num_queries) -
         assert len(tenant.client.get("/api/v1/conversations/?limit=100").json()["results"]) == n
     with django_assert_num_queries(3):  # key, conversation, turns (no running turn: no task lookup)
         assert len(tenant.client.get(f"/api/v1/conversations/{conversation_id}/").json()["turns"]) == n
+
+
+@pytest.mark.parametrize("n", [2, 40])
+def test_posting_a_turn_costs_the_same_queries_whatever_the_history(tenant, n, django_assert_num_queries) -> None:
+    conversation_id = start(tenant)["id"]
+    conversation = Conversation.objects.get(id=conversation_id)
+    Turn.objects.bulk_create(
+        Turn(conversation=conversation, task_id=uuid.uuid4(), content=f"q{i}", reply=f"a{i}", status="done")
+        for i in range(n)
+    )
+    Conversation.objects.filter(id=conversation_id).update(answered_turns=n)
+    tenant.client.get("/api/v1/me/")
+    with django_assert_num_queries(21):  # the task submit (budget, gate, insert), the turn lock, one context query
+        response = say(tenant, conversation_id, "next question")
+    assert response.status_code == 202
+    assert len(AITask.objects.get(id=response.json()["task"]["id"]).messages or []) == 2 * n + 1

@@ -102,3 +102,21 @@ def test_the_finished_task_event_closes_the_turn_and_frees_the_conversation(tena
     row = Conversation.objects.get(id=conversation)
     assert row.active_turn_id is None
     assert Turn.objects.get(task_id=task_id).status == "cancelled"
+
+
+@pytest.mark.django_db
+def test_the_cached_context_lives_30_minutes_by_default_refreshed_on_use(
+    tenant, django_capture_on_commit_callbacks
+) -> None:
+    from django.core.cache import cache
+
+    from config import settings as production
+
+    assert production.CHAT_CONTEXT_TTL_S == 30 * 60
+    conversation = Conversation.objects.create(organization_id=uuid.UUID(tenant.organization_id), model="fake-small")
+    with django_capture_on_commit_callbacks(execute=True):
+        context.history(conversation)
+    key = context.cache_key(conversation.id)
+    cache.expire(key, 60)  # as if 29 minutes had passed
+    context.history(conversation)  # a read refreshes it
+    assert 30 * 60 - 5 <= cache.ttl(key) <= 30 * 60

@@ -38,7 +38,7 @@ class TaskOutputSerializer(serializers.Serializer[dict[str, Any]]):
     status = serializers.ChoiceField(choices=["pending", "processing", "done", "failed", "cancelled"])
     priority = serializers.ChoiceField(choices=["high", "normal", "low"])
     model = serializers.CharField()
-    served_model = serializers.CharField(help_text="The model of the current attempt; once done, the one that answered.")
+    served_model = serializers.CharField(help_text="The model of the current attempt; once done, the one that answered")
     result = serializers.CharField(allow_null=True)
     error = serializers.CharField(allow_null=True)
     cached = serializers.BooleanField()
