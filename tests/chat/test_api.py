@@ -4,6 +4,7 @@ validation, the turn's task on the priority queue, 409 while a turn runs, query 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -230,3 +231,42 @@ def test_posting_a_turn_costs_the_same_queries_whatever_the_history(tenant, n, d
         response = say(tenant, conversation_id, "next question")
     assert response.status_code == 202
     assert len(AITask.objects.get(id=response.json()["task"]["id"]).messages or []) == 2 * n + 1
+
+
+def test_a_turn_refused_for_budget_is_402_and_leaves_the_conversation_free(tenant) -> None:
+    from billing import services as billing
+
+    conversation_id = start(tenant)["id"]
+    billing.budget_set(organization_id=uuid.UUID(tenant.organization_id), limit_usd=Decimal(0))
+    refused = say(tenant, conversation_id, "hello there")
+    assert refused.status_code == 402
+    row = Conversation.objects.get(id=conversation_id)
+    assert (row.active_turn_id, row.turn_count, Turn.objects.count()) == (None, 0, 0)
+    billing.budget_set(organization_id=uuid.UUID(tenant.organization_id), limit_usd=Decimal(10))
+    assert say(tenant, conversation_id, "hello there").status_code == 202
+
+
+def test_a_cached_answer_for_an_identical_conversation_state_ends_the_turn_at_once(tenant) -> None:
+    from llm import response_cache
+
+    conversation_id = start(tenant, system_prompt="Be brief.")["id"]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
+    key = response_cache.cache_key(
+        organization_id=uuid.UUID(tenant.organization_id),
+        model="fake-small",
+        max_tokens=1024,
+        prompt="hello there",
+        messages=messages,
+    )
+    response_cache.put(key, response_cache.CachedAnswer("General Kenobi.", 5, 3))
+    first = say(tenant, conversation_id, "hello there").json()
+    assert (first["task"]["status"], first["task"]["result"], first["turn"]["status"]) == (
+        "done",
+        "General Kenobi.",
+        "done",
+    )
+    # The conversation is free at once, and the next turn's context holds the cached answer.
+    second = say(tenant, conversation_id, "and then?")
+    assert second.status_code == 202
+    task = AITask.objects.get(id=second.json()["task"]["id"])
+    assert [m["content"] for m in task.messages or []] == ["Be brief.", "hello there", "General Kenobi.", "and then?"]

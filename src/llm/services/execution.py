@@ -235,7 +235,8 @@ def _charge_cancelled(task: AITask, usage: TokenUsage) -> Outcome:
             log.info("task_result_discarded", task_id=str(task.id))
             return Outcome("discarded")
         if task.reservation_id:
-            entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage)
+            model = fallback.answered_by(task)
+            entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage, model=model)
             AITask.objects.filter(id=task.id).update(cost_usd=entry.cost_usd)
     log.info("task_cancelled_charged", task_id=str(task.id), output_tokens=usage.output_tokens)
     return Outcome("cancelled")
