@@ -108,9 +108,13 @@ def test_the_finished_task_event_closes_the_turn_and_frees_the_conversation(tena
 def test_the_cached_context_lives_30_minutes_by_default_refreshed_on_use(
     tenant, django_capture_on_commit_callbacks
 ) -> None:
-    from django.core.cache import cache
+    from typing import Any
+
+    from django.core.cache import cache as django_cache
 
     from config import settings as production
+
+    cache: Any = django_cache  # django-redis: expire() and ttl()
 
     assert production.CHAT_CONTEXT_TTL_S == 30 * 60
     conversation = Conversation.objects.create(organization_id=uuid.UUID(tenant.organization_id), model="fake-small")
