@@ -16,8 +16,20 @@ TERMINAL_STATUSES: tuple[TaskStatus, ...] = ("done", "failed", "cancelled")
 QUEUE_FOR_PRIORITY: dict[str, str] = {"high": "priority", "normal": "default", "low": "low"}
 
 
+class ChatMessage(Contract):
+    """One message of a conversation as the provider receives it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class TaskSubmission(Contract):
-    """A validated request for AI work (limits are enforced by the API serializer)."""
+    """A validated request for AI work (limits are enforced by the API serializer).
+
+    ``messages`` (optional) is the whole conversation the provider receives: an optional
+    leading ``system`` message, then ``user``/``assistant`` turns ending with the user's
+    message; ``prompt`` is then that last user message. ``fallback_models`` are tried in
+    order when a call to ``model`` fails with a retryable error."""
 
     organization_id: UUID
     api_key_id: UUID | None
@@ -29,6 +41,8 @@ class TaskSubmission(Contract):
     callback_url: str | None = None
     use_cache: bool = True
     request_id: str | None = None
+    messages: list[ChatMessage] | None = None
+    fallback_models: list[str] = []
 
 
 class AITask(Contract):
@@ -53,6 +67,9 @@ class AITask(Contract):
     duration_seconds: float | None
     metadata: dict[str, Any]
     callback_url: str | None
+    # The model of the current attempt; once done, the model that answered (a fallback
+    # model when the first one failed). Empty until the first attempt.
+    served_model: str = ""
 
 
 class AITaskPage(Contract):

@@ -87,11 +87,14 @@ def test_wires_settings_urls_and_import_contracts(generated: Path) -> None:
     urls_text = (generated / "src/config/urls.py").read_text()
     assert f'path("{SHORT}/", include("{SHORT}.api.urls")),' in urls_text
     ini = (generated / "importlinter.ini").read_text()
-    assert f"# CONTEXTS: users billing llm analytics {SHORT} {LONG} " in ini
+    assert f"# CONTEXTS: users billing llm analytics chat {SHORT} {LONG} " in ini
     # The newest context is the top context layer, directly below config.
     assert f"layers =\n    config\n    {LONG}\n    {SHORT}\n    analytics\n" in ini
     assert f"[importlinter:contract:{SHORT}-models]" in ini
-    assert f"containers =\n    kernel\n    users\n    billing\n    llm\n    analytics\n    {SHORT}\n    {LONG}\n" in ini
+    assert (
+        f"containers =\n    kernel\n    users\n    billing\n    llm\n    analytics\n    chat\n    {SHORT}\n    {LONG}\n"
+        in ini
+    )
 
 
 def test_generated_tree_passes_lint_imports(generated: Path) -> None:

@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "billing",
     "llm",
     "analytics",
+    "chat",
     # startcontext: contexts above
 ]
 
@@ -360,6 +361,14 @@ LLM_SLOT_TTL_S = env.float("LLM_SLOT_TTL_S", default=30.0)  # a dead holder's sl
 # How long a worker thread waits for a model's slot (or a 429 back-off) before the task
 # goes back to the gate, its attempt not spent.
 LLM_SLOT_WAIT_S = env.float("LLM_SLOT_WAIT_S", default=5.0)
+# Circuit breaker per provider model (llm.breaker): open after this many outages in the
+# window, for the cool-down; then one probe call decides.
+LLM_BREAKER_FAILURES = env.int("LLM_BREAKER_FAILURES", default=5)
+LLM_BREAKER_WINDOW_S = env.int("LLM_BREAKER_WINDOW_S", default=60)
+LLM_BREAKER_COOLDOWN_S = env.int("LLM_BREAKER_COOLDOWN_S", default=30)
+# Conversations (chat): the context of the next turn is cached this long, refreshed on use.
+CHAT_CONTEXT_TTL_S = env.int("CHAT_CONTEXT_TTL_S", default=30 * 60)
+CHAT_DEFAULT_CONTEXT_TOKENS = env.int("CHAT_DEFAULT_CONTEXT_TOKENS", default=8000)
 for _name in ("KEY_REQUESTS_PER_MINUTE", "ORG_REQUESTS_PER_MINUTE", "KEY_TOKENS_PER_MINUTE", "ORG_TOKENS_PER_MINUTE"):
     if globals()[_name] < 0:
         _config_errors.append(f"{_name} must be 0 (unlimited) or positive")
@@ -367,6 +376,8 @@ if RATE_LIMIT_WINDOW_S < 1:
     _config_errors.append("RATE_LIMIT_WINDOW_S must be at least 1")
 if not re.fullmatch(r"\s*([^=,\s]+\s*=\s*\d+(:\d+)?\s*(,\s*|$))*", LLM_MODEL_LIMITS):
     _config_errors.append(f"LLM_MODEL_LIMITS must read model=calls[:tokens_per_minute],... (got {LLM_MODEL_LIMITS!r})")
+if LLM_BREAKER_FAILURES < 1 or LLM_BREAKER_WINDOW_S < 1 or LLM_BREAKER_COOLDOWN_S < 1:
+    _config_errors.append("LLM_BREAKER_FAILURES, LLM_BREAKER_WINDOW_S and LLM_BREAKER_COOLDOWN_S must be at least 1")
 if LLM_SLOT_TTL_S < 3:
     _config_errors.append("LLM_SLOT_TTL_S must be at least 3 (holders renew every third of it)")
 QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)
@@ -396,7 +407,11 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "description": "Switchyard API key"}}
     },
     "SECURITY": [{"ApiKey": []}],
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "PriorityEnum": ["high", "normal", "low"],  # tasks, assistants and conversations share it
+        "StatusEnum": ["pending", "processing", "done", "failed", "cancelled"],  # an AI task's
+        "TurnStatusEnum": ["running", "done", "failed", "cancelled"],
+    },
     # Swagger UI and its favicon from drf-spectacular-sidecar's static files, not a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

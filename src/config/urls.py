@@ -14,6 +14,7 @@ api_v1 = [
     path("billing/", include("billing.api.urls")),
     path("", include("llm.api.urls")),
     path("analytics/", include("analytics.api.urls")),
+    path("", include("chat.api.urls")),
     # startcontext: api routes above
 ]
 

@@ -19,6 +19,7 @@ class AITaskAdmin(admin.ModelAdmin[AITask]):
         "status",
         "priority",
         "model",
+        "served_model",
         "attempts",
         "cached",
         "cost_usd",

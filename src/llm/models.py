@@ -35,6 +35,13 @@ class AITask(models.Model):
     callback_url = models.URLField(max_length=2000, null=True, blank=True)
     use_cache = models.BooleanField(default=True)
     request_id = models.CharField(max_length=128, blank=True, default="")
+    # A conversation turn: the whole message list ({"role", "content"}; an optional first
+    # "system" message) the provider receives. NULL for a plain task (``prompt`` alone).
+    messages = models.JSONField(null=True, blank=True)
+    # Tried in order after a retryable failure (llm.services.fallback).
+    fallback_models = models.JSONField(default=list, blank=True)
+    # The model of the current attempt; once done, the model that answered.
+    served_model = models.CharField(max_length=100, blank=True, default="")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     result = models.TextField(null=True, blank=True)

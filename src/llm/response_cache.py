@@ -1,13 +1,16 @@
 """The response cache: identical work in one organization is answered once.
 
 The key covers organization, model, parameters and prompt, so one organization never
-receives another's cached answer. A cache outage is a miss, never an error.
+receives another's cached answer. For a conversation turn it covers the whole message
+list (system prompt, every earlier turn and roles) and the fallback models, so an answer
+is only reused for an identical conversation state. A cache outage is a miss, never an error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from uuid import UUID
 
@@ -26,8 +29,18 @@ class CachedAnswer:
     output_tokens: int
 
 
-def cache_key(*, organization_id: UUID, model: str, max_tokens: int, prompt: str) -> str:
-    material = json.dumps([str(organization_id), model, max_tokens, prompt], separators=(",", ":"))
+def cache_key(
+    *,
+    organization_id: UUID,
+    model: str,
+    max_tokens: int,
+    prompt: str,
+    messages: Sequence[Mapping[str, str]] | None = None,
+) -> str:
+    parts: list[object] = [str(organization_id), model, max_tokens, prompt]
+    if messages is not None:  # a plain task keeps its old key
+        parts.append([[m["role"], m["content"]] for m in messages])
+    material = json.dumps(parts, separators=(",", ":"))
     return f"llm:response:v{VERSION}:{hashlib.sha256(material.encode()).hexdigest()}"
 
 

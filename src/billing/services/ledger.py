@@ -31,9 +31,12 @@ def _ledger_append(entry: UsageEntryModel) -> tuple[UsageEntryModel, bool]:
     return entry, True
 
 
-def reservation_settle(*, reservation_id: UUID, usage: TokenUsage) -> UsageEntry:
+def reservation_settle(*, reservation_id: UUID, usage: TokenUsage, model: str | None = None) -> UsageEntry:
     """Charge a task its real cost at the reservation's snapshotted unit prices and free
     the hold. Idempotent: settling again returns the first entry and charges nothing.
+
+    ``model``: another model answered (a fallback): charge at that model's price in force
+    today, and book the usage under it. An unknown model raises ``UnknownModel``.
 
     A reservation the sweeper already released is still charged (the provider did the
     work), without touching ``reserved_usd`` a second time.
@@ -48,11 +51,16 @@ def reservation_settle(*, reservation_id: UUID, usage: TokenUsage) -> UsageEntry
             settled = selectors.usage_entry_for_task(task_id=reservation.task_id)
             assert settled is not None, "a settled reservation always has a ledger row"
             return to_entry(settled)
+        charged_model = reservation.model
+        input_price, output_price = reservation.input_usd_per_mtok, reservation.output_usd_per_mtok
+        if model is not None and model != reservation.model:
+            row = price_row(model)
+            charged_model, input_price, output_price = model, row.input_usd_per_mtok, row.output_usd_per_mtok
         cost = money.cost_of(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
-            input_usd_per_mtok=reservation.input_usd_per_mtok,
-            output_usd_per_mtok=reservation.output_usd_per_mtok,
+            input_usd_per_mtok=input_price,
+            output_usd_per_mtok=output_price,
         )
         entry, inserted = _ledger_append(
             UsageEntryModel(
@@ -60,11 +68,11 @@ def reservation_settle(*, reservation_id: UUID, usage: TokenUsage) -> UsageEntry
                 api_key_id=reservation.api_key_id,
                 task_id=reservation.task_id,
                 reservation=reservation,
-                model=reservation.model,
+                model=charged_model,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
-                input_usd_per_mtok=reservation.input_usd_per_mtok,
-                output_usd_per_mtok=reservation.output_usd_per_mtok,
+                input_usd_per_mtok=input_price,
+                output_usd_per_mtok=output_price,
                 cost_usd=cost,
                 saved_usd=money.ZERO,
                 cached=False,

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
-from django.conf import settings
 from rest_framework import serializers
 
+from llm import services
+
 METADATA_MAX_BYTES = 4096
-
-
-def _is_private_host(host: str) -> bool:
-    if host in {"localhost", "localhost.localdomain"} or host.endswith((".localhost", ".internal", ".local")):
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False  # a name: resolved and checked again at delivery time
-    return not address.is_global
 
 
 class TaskSubmitInputSerializer(serializers.Serializer[dict[str, Any]]):
@@ -38,13 +27,9 @@ class TaskSubmitInputSerializer(serializers.Serializer[dict[str, Any]]):
         return value
 
     def validate_callback_url(self, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"}:
-            raise serializers.ValidationError("callback_url must be an http(s) URL.")
-        if not settings.WEBHOOK_ALLOW_PRIVATE and _is_private_host(parts.hostname or ""):
-            raise serializers.ValidationError("callback_url must not point to a private address.")
+        problem = services.callback_url_problem(value) if value is not None else None
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
 
@@ -53,6 +38,7 @@ class TaskOutputSerializer(serializers.Serializer[dict[str, Any]]):
     status = serializers.ChoiceField(choices=["pending", "processing", "done", "failed", "cancelled"])
     priority = serializers.ChoiceField(choices=["high", "normal", "low"])
     model = serializers.CharField()
+    served_model = serializers.CharField(help_text="The model of the current attempt; once done, the one that answered")
     result = serializers.CharField(allow_null=True)
     error = serializers.CharField(allow_null=True)
     cached = serializers.BooleanField()

@@ -10,13 +10,18 @@ Directives, anywhere in the last user message, valid with any model, for ``compl
 and ``stream`` alike:
 
 - ``#fake:sleep=<ms>``          take this long instead of the configured latency.
-- ``#fake:error=<status>[:<n>]`` fail with HTTP ``status`` (400-599) on attempts 1..n,
-                                 on every attempt if ``n`` is omitted; a 429 carries
-                                 ``retry_after=1``. Combined with ``sleep``, it fails
-                                 after sleeping.
+- ``#fake:error=<status>[:<n>][@<model>]`` fail with HTTP ``status`` (400-599) on
+                                 attempts 1..n, on every attempt if ``n`` is omitted;
+                                 with ``@<model>`` only calls to that model fail (a
+                                 model outage, for fallbacks and circuit breakers); a
+                                 429 carries ``retry_after=1``. Combined with ``sleep``,
+                                 it fails after sleeping.
 - ``#fake:hang``                 never answer (until the call's guard aborts it, or
                                  the Celery soft time limit's signal interrupts it).
 - ``#fake:tokens=<in>,<out>``    report these token counts.
+- ``#fake:echo``                 answer with what the provider received, as JSON
+                                 ``{"model", "system", "messages": [[role, content], ...]}``
+                                 (tests of multi-turn context read it back).
 
 Anything else that starts with ``#fake:`` (unknown names, missing or malformed values
 such as ``sleep=fast`` or ``error=42``, trailing junk such as ``sleep=10ms``) is
@@ -26,6 +31,7 @@ ignored, like ordinary text. When a directive appears twice, the last one wins.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -42,10 +48,11 @@ RATE_LIMIT_RETRY_AFTER_S = 1.0
 _DIRECTIVE = re.compile(
     r"#fake:(?:"
     r"sleep=(?P<sleep>\d{1,9})"
-    r"|error=(?P<status>\d{3})(?::(?P<times>\d{1,9}))?"
+    r"|error=(?P<status>\d{3})(?::(?P<times>\d{1,9}))?(?:@(?P<error_model>[A-Za-z0-9][\w.\-]*\w))?"
     r"|tokens=(?P<tokens_in>\d{1,12}),(?P<tokens_out>\d{1,12})"
     r"|(?P<hang>hang)"
-    r")(?![\w=]|[:,]\w)"
+    r"|(?P<echo>echo)"
+    r")(?![\w=@]|[:,]\w)"
 )
 
 _VOCABULARY = (
@@ -66,12 +73,15 @@ class Directives:
     error_attempts: int | None = None  # None: every attempt
     hang: bool = False
     tokens: tuple[int, int] | None = None
+    error_model: str | None = None  # None: every model
+    echo: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Directives:
         sleep_ms = error_status = error_attempts = None
-        hang = False
+        hang = echo = False
         tokens: tuple[int, int] | None = None
+        error_model: str | None = None
         for match in _DIRECTIVE.finditer(text):
             if match["sleep"] is not None:
                 sleep_ms = int(match["sleep"])
@@ -80,16 +90,27 @@ class Directives:
                 if 400 <= status <= 599:
                     error_status = status
                     error_attempts = int(match["times"]) if match["times"] is not None else None
+                    error_model = match["error_model"]
             elif match["tokens_in"] is not None:
                 tokens = (int(match["tokens_in"]), int(match["tokens_out"]))
             elif match["hang"] is not None:
                 hang = True
+            elif match["echo"] is not None:
+                echo = True
         return cls(
-            sleep_ms=sleep_ms, error_status=error_status, error_attempts=error_attempts, hang=hang, tokens=tokens
+            sleep_ms=sleep_ms,
+            error_status=error_status,
+            error_attempts=error_attempts,
+            hang=hang,
+            tokens=tokens,
+            error_model=error_model,
+            echo=echo,
         )
 
-    def fails_on(self, attempt: int) -> bool:
+    def fails_on(self, attempt: int, model: str | None = None) -> bool:
         if self.error_status is None:
+            return False
+        if self.error_model is not None and model != self.error_model:
             return False
         return self.error_attempts is None or attempt <= self.error_attempts
 
@@ -123,13 +144,13 @@ class FakeProvider:
         directives = Directives.parse(request.last_user_message)
         if directives.hang:
             self._hang()
-        if directives.error_status is not None and directives.fails_on(request.attempt):
+        if directives.error_status is not None and directives.fails_on(request.attempt, request.model):
             if directives.sleep_ms is not None:
                 self._pause(directives.sleep_ms / 1000)
             status = directives.error_status
             raise error_for_status(
                 status,
-                f"fake: HTTP {status} (#fake:error directive, attempt {request.attempt})",
+                f"fake: HTTP {status} from {request.model} (#fake:error directive, attempt {request.attempt})",
                 retry_after=RATE_LIMIT_RETRY_AFTER_S if status == 429 else None,
             )
         return directives
@@ -147,7 +168,7 @@ class FakeProvider:
             self._sleep(HANG_STEP_S)
 
     def _completion(self, request: CompletionRequest, directives: Directives) -> Completion:
-        text, truncated = _answer(request)
+        text, truncated = _echo(request) if directives.echo else _answer(request)
         if directives.tokens is not None:
             input_tokens, output_tokens = directives.tokens
         else:
@@ -168,6 +189,15 @@ def _guarded_sleep(seconds: float) -> None:
     guard.check()
     if seconds > 0:
         guard.sleep(seconds)
+
+
+def _echo(request: CompletionRequest) -> tuple[str, bool]:
+    received = {
+        "model": request.model,
+        "system": request.system,
+        "messages": [[m.role, m.content] for m in request.messages],
+    }
+    return json.dumps(received, separators=(",", ":")), False
 
 
 def _answer(request: CompletionRequest) -> tuple[str, bool]:

@@ -1,10 +1,13 @@
 """Public surface of the llm context. Other contexts, the API, the admin and the Celery
 tasks call only what is exported here."""
 
+from llm.providers.tokens import estimate_tokens
 from llm.services import dispatch
 from llm.services._common import status_payload
+from llm.services.callbacks import callback_url_problem
 from llm.services.dispatch import FillReport, dispatch_fill
 from llm.services.execution import Outcome, backoff_seconds, task_execute
+from llm.services.lookups import tasks_get_many
 from llm.services.queues import queue_depths
 from llm.services.runtime import runtime
 from llm.services.submit import (
@@ -46,9 +49,11 @@ __all__ = [
     "TaskNotRerunnable",
     "WebhookOutcome",
     "backoff_seconds",
+    "callback_url_problem",
     "dead_letter_replay",
     "dispatch",
     "dispatch_fill",
+    "estimate_tokens",
     "queue_depths",
     "status_payload",
     "task_cancel",
@@ -57,6 +62,7 @@ __all__ = [
     "task_list",
     "task_rerun",
     "task_submit",
+    "tasks_get_many",
     "tasks_sweep",
     "webhook_deliver",
     "webhook_secret",

@@ -51,6 +51,7 @@ def to_task(task: AITask) -> AITaskContract:
         duration_seconds=duration_seconds(task),
         metadata=task.metadata,
         callback_url=task.callback_url,
+        served_model=task.served_model,
     )
 
 

@@ -34,9 +34,10 @@ from kernel.db import release_connection
 from llm import response_cache, streams
 from llm.limits import ProviderBusy, provider_backoff, provider_slot, task_token_estimate
 from llm.models import AITask, DeadLetter
-from llm.providers import Completion, CompletionRequest, ProviderError, RateLimited, TextDelta, get_provider
+from llm.providers import Completion, ProviderError, RateLimited, TextDelta, get_provider
 from llm.providers.base import CallAborted, CallGuard, guarded
 from llm.providers.tokens import estimate_tokens
+from llm.services import fallback
 from llm.services._common import announce_terminal, publish_status, queue_for
 from llm.services.runtime import runtime
 from users import services as users
@@ -97,12 +98,11 @@ def task_execute(*, task_id: UUID) -> Outcome:
 
 
 def _attempt(task: AITask) -> Outcome:
+    model = fallback.model_for_attempt(task)  # the task's model, or a fallback (llm.services.fallback)
     release_connection()  # nothing below holds a connection while the provider answers
     streams.publish_attempt(task.id, task.attempts)  # clients drop deltas of earlier attempts
     publish_status(task)
-    request = CompletionRequest.from_prompt(
-        task.prompt, model=task.model, max_tokens=task.max_tokens, attempt=task.attempts
-    )
+    request = fallback.request_for(task, model)
     assert task.lease_token is not None
     guard = CallGuard()
     call = runtime().track(task_id=task.id, lease_token=task.lease_token, queue=queue_for(task.priority), guard=guard)
@@ -111,7 +111,7 @@ def _attempt(task: AITask) -> Outcome:
     try:
         # A slot of the model's calls in flight (and its tokens per minute), shared by every
         # worker; while the provider pushes back (429) no slot is handed out.
-        with provider_slot(task.model, timeout_s=settings.LLM_SLOT_WAIT_S, tokens=estimate) as slot, guarded(guard):
+        with provider_slot(model, timeout_s=settings.LLM_SLOT_WAIT_S, tokens=estimate) as slot, guarded(guard):
             completion = _run(get_provider().stream(request), task, produced)
             slot.record_tokens(completion.input_tokens + completion.output_tokens)
     except ProviderBusy as exc:
@@ -125,8 +125,9 @@ def _attempt(task: AITask) -> Outcome:
             return _aborted(task, guard.reason or "aborted", produced)
         if not exc.retryable:
             return _fail(task, code=exc.code, error=str(exc))
+        fallback.record_failure(task, model, exc)  # the next attempt goes to the next model
         if isinstance(exc, RateLimited):  # back-pressure: every worker holds off this model
-            provider_backoff(task.model, exc.retry_after or backoff_seconds(task.attempts))
+            provider_backoff(model, exc.retry_after or backoff_seconds(task.attempts))
         return _retry_or_dead_letter(task, code=exc.code, error=str(exc), retry_after=exc.retry_after)
     except Exception as exc:  # an unexpected bug: retry like an outage, dead-letter in the end
         if guard.aborted:
@@ -137,6 +138,7 @@ def _attempt(task: AITask) -> Outcome:
         )
     finally:
         runtime().untrack(call)
+    fallback.record_success(model)
     return _complete(task, completion)
 
 
@@ -191,15 +193,25 @@ def _complete(task: AITask, completion: Completion) -> Outcome:
         )
         if not updated:  # cancelled meanwhile (charged for what was produced), or reclaimed
             return _charge_cancelled(task, usage)
-        if task.reservation_id:
-            entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage)
-            AITask.objects.filter(id=task.id).update(cost_usd=entry.cost_usd)
+        if task.reservation_id:  # at the price of the model that answered
+            entry = billing.reservation_settle(
+                reservation_id=task.reservation_id, usage=usage, model=fallback.answered_by(task)
+            )
+            AITask.objects.filter(id=task.id).update(
+                cost_usd=entry.cost_usd,
+                input_usd_per_mtok=entry.input_usd_per_mtok,
+                output_usd_per_mtok=entry.output_usd_per_mtok,
+            )
         task.refresh_from_db()
         announce_terminal(task)
         _correct_tokens(task, actual=completion.input_tokens + completion.output_tokens)
         if task.use_cache:
             key = response_cache.cache_key(
-                organization_id=task.organization_id, model=task.model, max_tokens=task.max_tokens, prompt=task.prompt
+                organization_id=task.organization_id,
+                model=task.model,
+                max_tokens=task.max_tokens,
+                prompt=task.prompt,
+                messages=task.messages,
             )
             answer = response_cache.CachedAnswer(completion.text, completion.input_tokens, completion.output_tokens)
             transaction.on_commit(lambda: response_cache.put(key, answer))
@@ -223,7 +235,8 @@ def _charge_cancelled(task: AITask, usage: TokenUsage) -> Outcome:
             log.info("task_result_discarded", task_id=str(task.id))
             return Outcome("discarded")
         if task.reservation_id:
-            entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage)
+            model = fallback.answered_by(task)
+            entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage, model=model)
             AITask.objects.filter(id=task.id).update(cost_usd=entry.cost_usd)
     log.info("task_cancelled_charged", task_id=str(task.id), output_tokens=usage.output_tokens)
     return Outcome("cancelled")

@@ -21,7 +21,7 @@ from kernel.errors import ConflictError, NotFoundError
 from llm import response_cache, selectors, streams
 from llm.limits import task_token_estimate
 from llm.models import AITask, DeadLetter
-from llm.providers.tokens import estimate_tokens
+from llm.providers.tokens import estimate_prompt_tokens, estimate_tokens
 from llm.services import dispatch as gate
 from llm.services._common import announce_terminal, dispatch, enqueue_webhook, to_task
 from users import services as users
@@ -50,6 +50,7 @@ def task_submit(submission: TaskSubmission) -> AITaskContract:
         model=submission.model,
         max_tokens=submission.max_tokens,
         prompt=submission.prompt,
+        messages=_messages(submission),
     )
     hit = response_cache.get(key) if submission.use_cache else None
     if hit is not None:
@@ -73,7 +74,7 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
                 api_key_id=submission.api_key_id,
                 task_id=task_id,
                 model=submission.model,
-                estimated_input_tokens=estimate_tokens(submission.prompt),
+                estimated_input_tokens=_input_estimate(submission),
                 max_output_tokens=submission.max_tokens,
             )
         )
@@ -94,6 +95,18 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
     return to_task(task)
 
 
+def _messages(submission: TaskSubmission) -> list[dict[str, str]] | None:
+    if submission.messages is None:
+        return None
+    return [{"role": m.role, "content": m.content} for m in submission.messages]
+
+
+def _input_estimate(submission: TaskSubmission) -> int:
+    if submission.messages is None:
+        return estimate_tokens(submission.prompt)
+    return estimate_prompt_tokens(m.content for m in submission.messages)
+
+
 def _fields(submission: TaskSubmission) -> dict[str, object]:
     return {
         "organization_id": submission.organization_id,
@@ -106,6 +119,8 @@ def _fields(submission: TaskSubmission) -> dict[str, object]:
         "callback_url": submission.callback_url,
         "use_cache": submission.use_cache,
         "request_id": submission.request_id or "",
+        "messages": _messages(submission),
+        "fallback_models": list(submission.fallback_models),
     }
 
 
@@ -114,6 +129,7 @@ def _submit_cached(submission: TaskSubmission, hit: response_cache.CachedAnswer)
     with transaction.atomic():
         task = AITask.objects.create(
             status=AITask.Status.DONE,
+            served_model=submission.model,
             result=hit.text,
             cached=True,
             input_tokens=hit.input_tokens,

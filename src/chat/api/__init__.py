@@ -1,0 +1,1 @@
+"""HTTP API v1 of the chat context, mounted at ``/api/v1/chat/``."""
