@@ -41,6 +41,7 @@ PUBLIC = "public"  # answers without a key and serves no tenant's data (probes, 
 OWN = "own"  # the caller's own organization, no id in the path (me, budget, usage, task list)
 OBJECT = "object"  # one object by id in the path: another organization's id is a 404
 ADMIN = "admin"  # the Django admin: staff sessions only, an API key is not enough
+SESSION = "session"  # pages for signed-in people (the dashboard): no API key gets in (tests/analytics)
 
 COVERAGE: dict[str, str] = {
     "healthz": PUBLIC,
@@ -55,13 +56,26 @@ COVERAGE: dict[str, str] = {
     "api/v1/ai-tasks/<uuid:task_id>/": OBJECT,
     "api/v1/ai-tasks/<uuid:task_id>/cancel/": OBJECT,
     "api/v1/ai-tasks/<uuid:task_id>/events/": OBJECT,
+    "api/v1/analytics/summary/": OWN,
+    "api/v1/analytics/exports/": OWN,
+    "api/v1/analytics/exports/<uuid:export_id>/": OBJECT,
+    "api/v1/analytics/exports/<uuid:export_id>/download/": OBJECT,
+    "api/v1/assistants/": OWN,
+    "api/v1/assistants/<uuid:assistant_id>/": OBJECT,
+    "api/v1/assistants/<uuid:assistant_id>/conversations/": OBJECT,
+    "api/v1/conversations/": OWN,
+    "api/v1/conversations/<uuid:conversation_id>/": OBJECT,
+    "api/v1/conversations/<uuid:conversation_id>/messages/": OBJECT,
+    "dashboard/": SESSION,
+    "dashboard/login/": SESSION,
+    "dashboard/logout/": SESSION,
 }
 ADMIN_PREFIX = "admin/"  # every route the admin site registers, whatever its models
 
 # Query strings that make an OWN route answer with data rather than a 400.
 _TODAY = datetime.now(UTC).date()
 USAGE_RANGE = f"start={_TODAY - timedelta(days=1)}&end={_TODAY + timedelta(days=1)}"
-QUERIES = {"api/v1/billing/usage/": f"?{USAGE_RANGE}"}
+QUERIES = {"api/v1/billing/usage/": f"?{USAGE_RANGE}", "api/v1/analytics/summary/": f"?{USAGE_RANGE}"}
 
 
 def routes() -> list[str]:
@@ -113,6 +127,11 @@ class World:
     a_tasks: dict[str, str]  # state -> task id
     b_task: str
     revoked_key: str  # a key of organization A, revoked
+    a_objects: dict[str, str]  # path parameter -> one of A's other objects (assistant, ...)
+
+    def ids(self, state: str) -> dict[str, str]:
+        """A's ids for every path parameter, with the task in ``state``."""
+        return {"task_id": self.a_tasks[state], **self.a_objects}
 
     def secrets_of_a(self) -> list[str]:
         """Strings only organization A's rows contain."""
@@ -125,6 +144,7 @@ class World:
             self.a.issued.user_email,
             "ORG-A-ONLY",
             *self.a_tasks.values(),
+            *self.a_objects.values(),
         ]
 
 
@@ -140,7 +160,9 @@ def call(client: Client, method: str, path: str) -> Any:
     """``method`` on ``path`` with ``client``'s credentials. An async view (SSE) is reached
     through Django's ASGI handler, as the stream role serves it; the rest through the
     WSGI one, as the web role does."""
-    body = json.dumps({"prompt": "Organization B asks something.", "metadata": {"who": "b"}})
+    # One body for every writing route: a task's prompt, a turn's content.
+    text = "Organization B asks something."
+    body = json.dumps({"prompt": text, "content": text, "metadata": {"who": "b"}})
     kwargs: dict[str, Any] = {"content_type": "application/json"} if method in ("POST", "PUT", "PATCH") else {}
     data = body if kwargs else ""
     if _is_async_view(path):
@@ -198,12 +220,33 @@ def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
         assert str(second.info.organization_id) == a.organization_id
         users.api_key_revoke(prefix=second.info.prefix)
         b_task = submit(b, "Organization B, its own task")
+        a_objects = _other_objects_of(a)
     try:
-        yield World(a=a, b=b, a_tasks=tasks, b_task=b_task, revoked_key=second.key)
+        yield World(a=a, b=b, a_tasks=tasks, b_task=b_task, revoked_key=second.key, a_objects=a_objects)
     finally:
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
             billing.price_catalog_seed()
+
+
+def _other_objects_of(tenant: Tenant) -> dict[str, str]:
+    """An assistant, a conversation with it and a finished CSV export of ``tenant``."""
+    from analytics import services as analytics
+
+    assistant = tenant.client.post(
+        "/api/v1/assistants/", {"name": "ORG-A-ONLY assistant", "system_prompt": "Be brief."}, format="json"
+    )
+    assert assistant.status_code == 201, assistant.content
+    conversation = tenant.client.post("/api/v1/conversations/", {"assistant_id": assistant.json()["id"]}, format="json")
+    assert conversation.status_code == 201, conversation.content
+    export = tenant.client.post("/api/v1/analytics/exports/", {"start": str(_TODAY), "end": str(_TODAY)}, format="json")
+    assert export.status_code == 202, export.content
+    analytics.export_run(export_id=uuid.UUID(export.json()["id"]))  # what the low worker does
+    return {
+        "assistant_id": str(assistant.json()["id"]),
+        "conversation_id": str(conversation.json()["id"]),
+        "export_id": str(export.json()["id"]),
+    }
 
 
 def object_routes() -> list[str]:
@@ -217,12 +260,13 @@ def api_routes() -> list[str]:
 def test_another_organizations_ids_are_404_on_every_object_route_and_method(world: World) -> None:
     b = key_client(world.b.issued.key)
     foreign: dict[tuple[str, str, str], Any] = {}
+    unknown_ids = {name: str(uuid.uuid4()) for name in world.ids("pending")}
     for route in object_routes():
-        for state, task_id in world.a_tasks.items():
+        for state in world.a_tasks:
             for method in METHODS:
                 where = (method, route, state)
-                foreign[where] = call(b, method, fill(route, task_id=task_id))
-                unknown = call(b, method, fill(route, task_id=str(uuid.uuid4())))
+                foreign[where] = call(b, method, fill(route, **world.ids(state)))
+                unknown = call(b, method, fill(route, **unknown_ids))
                 # Indistinguishable from an id that does not exist: no existence oracle.
                 assert (foreign[where].status_code, foreign[where].content) == (
                     unknown.status_code,
@@ -233,15 +277,16 @@ def test_another_organizations_ids_are_404_on_every_object_route_and_method(worl
     statuses = dict(AITask.objects.filter(id__in=world.a_tasks.values()).values_list("id", "status"))
     assert {str(k): v for k, v in statuses.items()} == {task: state for state, task in world.a_tasks.items()}
     # Wherever the owner is served (OPTIONS aside: DRF answers it with the view's metadata,
-    # no object), B got a 404. The owner's calls run last: they may cancel A's task.
+    # no object), B got a 404. The owner's calls run last (they may cancel A's task), and
+    # its DELETEs after everything else (they remove the objects the other calls need).
     a = key_client(world.a.issued.key)
     served: set[str] = set()
-    for (method, route, state), response in foreign.items():
-        owner = call(a, method, fill(route, task_id=world.a_tasks[state]))
+    for (method, route, state), response in sorted(foreign.items(), key=lambda item: item[0][0] == "DELETE"):
+        owner = call(a, method, fill(route, **world.ids(state)))
         if method != "OPTIONS" and (200 <= owner.status_code < 300 or owner.status_code == 409):
             assert response.status_code == 404, (method, route, state)
-            if method != "HEAD":
-                assert response.json()["code"] == "not_found"
+            if method != "HEAD":  # "not_found", or the object's own ("export_not_found")
+                assert response.json()["code"].endswith("not_found")
             served.add(route)
     assert served == set(object_routes()), "routes the owner itself could not use prove nothing"
 
@@ -251,7 +296,7 @@ def test_no_route_or_method_answers_organization_b_with_organization_as_data(wor
     for route in routes():
         if kind_of(route) == ADMIN:
             continue
-        paths = [fill(route, task_id=task) for task in world.a_tasks.values()] if kind_of(route) == OBJECT else []
+        paths = [fill(route, **world.ids(state)) for state in world.a_tasks] if kind_of(route) == OBJECT else []
         if kind_of(route) != OBJECT:
             paths = [fill(route) + QUERIES.get(route, "")]
         for path in paths:
@@ -300,10 +345,14 @@ def test_idempotency_keys_are_scoped_to_the_organization(world: World) -> None:
     assert str(AITask.objects.get(id=second.json()["id"]).organization_id) == world.b.organization_id
 
 
-# One test per credential: each stays under any per-address limit on failed logins
-# (Redis, and so every throttle counter, is flushed between tests).
+# One test per credential. The per-address limit on failed logins is lifted here (every
+# route and method is more failures than it allows a minute; tests/api/test_throttling.py
+# proves that limit).
 @pytest.mark.parametrize("credential", ["revoked", "missing", "garbage", "wrong secret"])
-def test_revoked_missing_and_bad_keys_are_401_on_every_api_route_and_method(world: World, credential: str) -> None:
+def test_revoked_missing_and_bad_keys_are_401_on_every_api_route_and_method(
+    world: World, credential: str, settings: Any
+) -> None:
+    settings.AUTH_FAILURES_PER_MINUTE = 0
     key = {
         "revoked": world.revoked_key,  # a key of A, on A's own objects
         "garbage": "not-a-key",
@@ -312,7 +361,7 @@ def test_revoked_missing_and_bad_keys_are_401_on_every_api_route_and_method(worl
     client = key_client(key) if key else Client()
     for route in api_routes():
         # The key is refused before any object is looked up: one of A's ids is enough.
-        path = fill(route, task_id=world.a_tasks["pending"])
+        path = fill(route, **world.ids("pending"))
         for method in METHODS:
             response = call(client, method, path)
             assert response.status_code == 401, f"{credential} key: {method} {route}"
