@@ -151,6 +151,8 @@ def _database(url: str) -> dict[str, object]:
         else:
             db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
             db["CONN_HEALTH_CHECKS"] = True
+    # The role on every connection (bin/switchyard exports it): /metrics counts them per role.
+    options["application_name"] = f"switchyard-{os.environ.get('SWITCHYARD_ROLE') or 'app'}"[:63]
     db["OPTIONS"] = options
     return db
 

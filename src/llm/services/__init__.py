@@ -6,6 +6,7 @@ from llm.services._common import status_payload
 from llm.services.dispatch import FillReport, dispatch_fill
 from llm.services.execution import Outcome, backoff_seconds, task_execute
 from llm.services.runtime import runtime
+from llm.services.stats import QueueStats, queue_gauges, queue_stats
 from llm.services.submit import (
     TaskNotCancellable,
     TaskNotFound,
@@ -39,6 +40,7 @@ def worker_leave() -> None:
 __all__ = [
     "FillReport",
     "Outcome",
+    "QueueStats",
     "SweepReport",
     "TaskNotCancellable",
     "TaskNotFound",
@@ -48,6 +50,8 @@ __all__ = [
     "dead_letter_replay",
     "dispatch",
     "dispatch_fill",
+    "queue_gauges",
+    "queue_stats",
     "status_payload",
     "task_cancel",
     "task_execute",
