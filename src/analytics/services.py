@@ -12,6 +12,7 @@ from django.db.models import Count, Sum
 from analytics.models import TaskOutcome
 from contracts.analytics import OutcomeTotals
 from contracts.events import AITaskFinished
+from kernel.db import replica_reads
 
 
 def task_outcome_record(event: AITaskFinished) -> bool:
@@ -38,6 +39,7 @@ def task_outcome_record(event: AITaskFinished) -> bool:
     return created
 
 
+@replica_reads  # a report: may lag the primary by the replica's delay
 def outcome_totals(*, organization_id: UUID, start: datetime, end: datetime) -> OutcomeTotals:
     """Totals of tasks completed in ``[start, end)`` for one organization."""
     outcomes = TaskOutcome.objects.filter(
