@@ -52,7 +52,8 @@ ENV SWITCHYARD_COLLECTSTATIC=0
 USER 10001:10001
 EXPOSE 8000
 # Role-aware (bin/switchyard healthcheck): /healthz on $PORT for web and stream, /healthcheck
-# for flower, `celery inspect ping` for a worker, nothing for beat.
+# for flower, `manage.py worker_health --queue Q --here` for a worker (its pool's heartbeat:
+# dead or stuck fails), nothing for beat.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=30s --retries=3 CMD ["bin/switchyard", "healthcheck"]
 ENTRYPOINT ["bin/switchyard"]
 CMD ["web"]

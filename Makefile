@@ -11,7 +11,7 @@ PYTEST := $(BIN)/pytest --ds=config.settings_test
 # `make lock` writes it from pyproject.toml; the venv installs it and nothing else.
 LOCK := requirements/runtime.txt requirements/dev.txt
 
-.PHONY: help venv lock lock-check lint-docker run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
+.PHONY: help venv lock lock-check lint-docker run test test-fast test-slow test-pgbouncer lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
 
 help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
@@ -19,6 +19,7 @@ help:
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
 	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks (bench-quick: smaller counts)"
 	@echo "make lock    - re-resolve requirements/*.txt from pyproject.toml (after adding or changing a pin)"
+	@echo "make test-pgbouncer - the API, llm and pipeline tests through a real PgBouncer (transaction mode)"
 
 # Exactly the locked files: hashes checked, no resolution, wheels only (no compiler, no build
 # step fetching unpinned tools). pip is the one the interpreter's venv ships; the project itself
@@ -82,6 +83,12 @@ test-slow: pytest-slow
 test: lock-check lint lint-docker typecheck imports openapi-check
 	scripts/ensure-services.sh
 	$(PYTEST) --create-db $(PYTEST_ARGS)
+
+# Installs Debian's pgbouncer when missing, starts it on a free port in front of the test
+# database (transaction pooling, DATABASE_POOLED=true) and runs the suites through it.
+test-pgbouncer: venv
+	scripts/ensure-services.sh
+	deploy/pgbouncer/run-tests.sh $(PYTEST_ARGS)
 
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput

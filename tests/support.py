@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import connection
@@ -18,6 +19,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def database_url() -> str:
+    """The test database as this process reaches it: the same host and port (PgBouncer
+    under `make test-pgbouncer`), the test database's name."""
+    params = connection.settings_dict
+    host, port, user, password = (params.get(k) or "" for k in ("HOST", "PORT", "USER", "PASSWORD"))
+    if not host or str(host).startswith("/"):
+        return f"postgres:///{params['NAME']}"  # the local socket, as before
+    auth = f"{quote(str(user), safe='')}{':' + quote(str(password), safe='') if password else ''}@" if user else ""
+    return f"postgres://{auth}{host}{':' + str(port) if port else ''}/{params['NAME']}"
+
+
 def server_env(**extra: str) -> dict[str, str]:
     """The environment for a process that must see what this test sees: the test
     database, this session's Redis databases and the test settings."""
@@ -26,7 +38,7 @@ def server_env(**extra: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings_test",
         PYTHONPATH=f"{ROOT / 'src'}:{ROOT}",
-        DATABASE_URL=f"postgres:///{connection.settings_dict['NAME']}",
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         CACHE_KEY_PREFIX=settings.CACHES["default"]["KEY_PREFIX"],

@@ -157,6 +157,8 @@ def _database(url: str) -> dict[str, object]:
         else:
             db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
             db["CONN_HEALTH_CHECKS"] = True
+    # The role on every connection (bin/switchyard exports it): /metrics counts them per role.
+    options["application_name"] = f"switchyard-{os.environ.get('SWITCHYARD_ROLE') or 'app'}"[:63]
     db["OPTIONS"] = options
     return db
 
@@ -430,10 +432,26 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 if LOG_FORMAT not in {"json", "console"}:
     _config_errors.append(f"LOG_FORMAT must be json or console (got {LOG_FORMAT!r})")
 LOGGING_CONFIG = None  # kernel.logging configures logging once, below.
+# Errors to Sentry when SENTRY_DSN is set, in every role, tagged with request and task ids
+# (kernel.sentry). Off otherwise.
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
+SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="development" if DEBUG else "production")
+SENTRY_RELEASE = env.str("SENTRY_RELEASE", default="")
+SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
+if not 0.0 <= SENTRY_TRACES_SAMPLE_RATE <= 1.0:
+    _config_errors.append("SENTRY_TRACES_SAMPLE_RATE must be between 0 and 1")
 
 fail_fast(_config_errors)
 
 from kernel.logging import configure_logging
 
 configure_logging(fmt=LOG_FORMAT, level=LOG_LEVEL)
+
+from kernel import sentry
+
+sentry.init(
+    dsn=SENTRY_DSN,
+    environment=SENTRY_ENVIRONMENT,
+    release=SENTRY_RELEASE,
+    traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
+)

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import signals
 
-from kernel import context
+from kernel import context, db
 
 
 @signals.before_task_publish.connect
@@ -20,6 +20,7 @@ def _add_request_id_header(headers: dict[str, Any] | None = None, **_: Any) -> N
 @signals.task_prerun.connect
 def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     context.clear()
+    db.reset_primary_pin()  # read-your-writes is per task (kernel.db)
     request_id = getattr(task.request, "request_id", None) if task is not None else None
     context.bind(
         task_id=task_id,
@@ -31,3 +32,11 @@ def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -
 @signals.task_postrun.connect
 def _clear_task_context(**_: Any) -> None:
     context.clear()
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    """The worker's own metrics port (WORKER_METRICS_PORT, set by bin/switchyard)."""
+    from kernel import metrics
+
+    metrics.serve_worker_metrics()

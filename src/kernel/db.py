@@ -1,13 +1,30 @@
-"""Database routing. Writes and ordinary reads go to the primary (read-your-writes for
-the API); code that can tolerate replica lag (reports, exports) asks for a replica
-explicitly with ``replica_alias()``."""
+"""Database routing (docs/decisions/read-replicas.md).
+
+With ``DATABASE_REPLICA_URLS`` set, reads that can tolerate a little lag go to a replica,
+everything else to the primary:
+
+- Only reads under ``replica_reads()`` (a context manager and decorator: the selectors
+  that serve lists and reports) may go to a replica; any other read stays on the primary.
+- Every write goes to the primary, and from that write on the rest of the request (or
+  Celery task) reads from the primary too: read-your-writes. The router's
+  ``db_for_write`` sets the pin; ``RequestIdMiddleware`` and the task signals clear it.
+- Inside ``atomic()`` on the primary every read is on the primary.
+- Migrations run on the primary only.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import wraps
 from typing import Any
 
 from django.conf import settings
+
+_replica_ok: ContextVar[bool] = ContextVar("switchyard_replica_ok", default=False)
+_pinned: ContextVar[bool] = ContextVar("switchyard_primary_pinned", default=False)
 
 
 def replica_alias() -> str:
@@ -15,11 +32,48 @@ def replica_alias() -> str:
     return random.choice(replicas) if replicas else "default"
 
 
+@contextmanager
+def _replica_reads() -> Iterator[None]:
+    token = _replica_ok.set(True)
+    try:
+        yield
+    finally:
+        _replica_ok.reset(token)
+
+
+def replica_reads[**P, R](func: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a selector whose reads may be served by a replica (lists, reports): it must
+    evaluate its querysets before it returns."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _replica_reads():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def primary_pinned() -> bool:
+    return _pinned.get()
+
+
+def reset_primary_pin() -> None:
+    """A new request or task: it has written nothing yet (RequestIdMiddleware, task_prerun)."""
+    _pinned.set(False)
+
+
 class ReplicaRouter:
     def db_for_read(self, model: type, **hints: Any) -> str | None:
-        return None
+        if not _replica_ok.get() or _pinned.get() or not getattr(settings, "DATABASE_REPLICAS", []):
+            return "default"
+        from django.db import connections
+
+        if connections["default"].in_atomic_block:  # a transaction reads what it wrote
+            return "default"
+        return replica_alias()
 
     def db_for_write(self, model: type, **hints: Any) -> str | None:
+        _pinned.set(True)  # read-your-writes: the rest of this request reads the primary
         return "default"
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:

@@ -14,6 +14,8 @@ from django.views import csrf, defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from kernel import metrics
+
 
 class DomainError(Exception):
     """A business rule said no. Subclasses set the status, code and default detail."""
@@ -87,6 +89,7 @@ def _flatten(detail: Any, attr: str | None = None) -> list[dict[str, Any]]:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
+        metrics.DOMAIN_ERRORS.labels(status=str(exc.status_code), code=exc.code).inc()
         return Response(
             error_body(status_code=exc.status_code, code=exc.code, detail=exc.detail, **exc.extra),
             status=exc.status_code,

@@ -7,11 +7,14 @@ timeout, and answers 503 naming the check that failed. Nothing secret is returne
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
+import structlog
 from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
@@ -21,6 +24,7 @@ from django.views.decorators.http import require_GET
 
 from kernel import metrics
 
+log = structlog.get_logger(__name__)
 CHECK_TIMEOUT_S = 2.0
 
 
@@ -94,3 +98,66 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return response
     payload, content_type = metrics.render()
     return HttpResponse(payload, content_type=content_type)
+
+
+# -- worker liveness ---------------------------------------------------------------------
+# Each worker pool's keeper thread (llm.services.runtime) writes a heartbeat every second;
+# `manage.py worker_health --queue Q` (the image's HEALTHCHECK for worker roles) fails
+# when no pool of Q has written one for --max-age seconds: the process is dead, or its
+# keeper no longer ticks (a stuck process). docs/operations.md, runbook "a stuck queue".
+HEARTBEAT_FORGET_S = 600.0  # an entry this old is removed by the reader (a pool long gone)
+
+
+def _heartbeat_key(queue: str) -> str:
+    return f"sy:pool-heartbeat:{queue}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBeat:
+    queue: str
+    node: str  # celery node name and pid: "default@host:1234"
+    at: float  # time.time() of the heartbeat
+    in_flight: int
+    slots: int
+
+    @property
+    def host(self) -> str:
+        return self.node.rpartition(":")[0].partition("@")[2]
+
+
+def pool_heartbeat(*, queues: list[str], node: str, in_flight: int, slots: int) -> None:
+    """One HSET per queue, never raises (a Redis outage is a missed beat)."""
+    from django_redis import get_redis_connection
+
+    value = json.dumps({"at": time.time(), "in_flight": in_flight, "slots": slots})
+    try:
+        pipe = get_redis_connection("default").pipeline(transaction=False)
+        for queue in queues:
+            pipe.hset(_heartbeat_key(queue), node, value)
+        pipe.execute()
+    except Exception:
+        log.warning("pool_heartbeat_failed", exc_info=True)
+
+
+def pool_heartbeats(queue: str) -> list[PoolBeat]:
+    """Every pool of ``queue`` that wrote a heartbeat (stale entries included, very old
+    ones forgotten). Raises when Redis cannot be read."""
+    from django_redis import get_redis_connection
+
+    client = get_redis_connection("default")
+    beats, forget = [], []
+    for raw_node, raw in client.hgetall(_heartbeat_key(queue)).items():
+        node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
+        try:
+            data = json.loads(raw)
+            beat = PoolBeat(queue, node, float(data["at"]), int(data["in_flight"]), int(data["slots"]))
+        except (ValueError, KeyError, TypeError):
+            forget.append(node)
+            continue
+        if time.time() - beat.at > HEARTBEAT_FORGET_S:
+            forget.append(node)
+        else:
+            beats.append(beat)
+    if forget:
+        client.hdel(_heartbeat_key(queue), *forget)
+    return beats

@@ -17,7 +17,7 @@ from django.db import connection, connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
-from kernel import context, metrics
+from kernel import context, db, metrics
 from kernel.errors import error_body
 
 log = structlog.get_logger(__name__)
@@ -74,6 +74,7 @@ def RequestIdMiddleware(get_response: Handler) -> Handler:  # noqa: N802 - Djang
 
     def before(request: HttpRequest) -> float:
         context.clear()
+        db.reset_primary_pin()  # read-your-writes is per request (kernel.db)
         request_id = context.new_request_id(request.headers.get(context.REQUEST_ID_HEADER))
         request.request_id = request_id  # type: ignore[attr-defined]
         context.bind(request_id=request_id, method=request.method, path=request.path)

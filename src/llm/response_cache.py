@@ -18,6 +18,8 @@ import structlog
 from django.conf import settings
 from django.core.cache import cache
 
+from kernel import metrics
+
 log = structlog.get_logger(__name__)
 VERSION = 1
 
@@ -49,7 +51,9 @@ def get(key: str) -> CachedAnswer | None:
         value = cache.get(key)
     except Exception:
         log.warning("response_cache_unavailable", exc_info=True)
+        metrics.CACHE_LOOKUPS.labels(result="error").inc()
         return None
+    metrics.CACHE_LOOKUPS.labels(result="hit" if isinstance(value, dict) else "miss").inc()
     return CachedAnswer(**value) if isinstance(value, dict) else None
 
 

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from django.db.models import Q, QuerySet
 
+from kernel.db import replica_reads
 from kernel.errors import DomainError
 from llm.models import AITask
 
@@ -39,6 +40,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise InvalidCursor() from exc
 
 
+@replica_reads  # a list may lag the primary by the replica's delay (docs/decisions/read-replicas.md)
 def task_page(
     *, organization_id: UUID, status: str | None, cursor: str | None, limit: int
 ) -> tuple[list[AITask], str | None]:

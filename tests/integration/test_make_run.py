@@ -157,6 +157,11 @@ def test_make_run_serves_the_printed_curl_line_and_stops_every_process(
         assert http_status(f"{web}/metrics") == 401
         scrape = httpx.get(f"{web}/metrics", headers={"Authorization": f"Bearer {token.group(1)}"}, timeout=5)
         assert scrape.status_code == 200
+        assert "switchyard_queue_depth" in scrape.text  # read from PostgreSQL at scrape time
+        # Each worker pool serves its own metrics on the PORT honcho gives it (base + 100 x n).
+        for offset in (200, 300, 400):
+            worker_metrics = f"http://127.0.0.1:{int(run_env['PORT']) + offset}/metrics"
+            assert http_status(worker_metrics) == 200, worker_metrics
         assert token.group(1) not in output  # the token is not printed
 
         started = descendants(run.pid)

@@ -16,6 +16,7 @@ from analytics.models import TaskOutcome
 from analytics.services import partitions, summary
 from contracts.analytics import OutcomeTotals
 from contracts.events import AITaskFinished
+from kernel.db import replica_reads
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,7 @@ def _insert(params: list[Any]) -> bool:
         return cursor.fetchone() is not None
 
 
+@replica_reads  # a report: may lag the primary by the replica's delay
 def outcome_totals(*, organization_id: UUID, start: datetime, end: datetime) -> OutcomeTotals:
     """Totals of tasks finished in ``[start, end)`` for one organization."""
     outcomes = TaskOutcome.objects.filter(organization_id=organization_id, occurred_at__gte=start, occurred_at__lt=end)

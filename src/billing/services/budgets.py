@@ -20,6 +20,7 @@ from billing.models import Budget
 from billing.models import Reservation as ReservationModel
 from billing.services._common import BudgetExceeded, InvalidBillingRequest, price_row, to_reservation, to_status
 from contracts.billing import BudgetStatus, Reservation, ReservationRequest
+from kernel import metrics
 
 MAX_LIMIT_USD = Decimal("1e10")  # DecimalField(20, 10) holds ten integer digits
 
@@ -71,6 +72,7 @@ def _hold(budget: Budget, amount: Decimal) -> None:
     row = Budget.objects.get(pk=budget.pk)
     remaining = max(row.limit_usd - row.spent_usd - row.reserved_usd, money.ZERO)
     scope = "this API key's" if row.api_key_id else "the organization's"
+    metrics.BUDGET_REJECTIONS.labels(reason="api_key" if row.api_key_id else "organization").inc()
     raise BudgetExceeded(
         f"This request needs up to {money.as_string(amount)} USD; {scope} monthly budget has "
         f"{money.as_string(remaining)} USD left.",

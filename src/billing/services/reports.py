@@ -9,11 +9,13 @@ from uuid import UUID
 from billing import money, selectors
 from billing.services._common import InvalidBillingRequest
 from contracts.billing import CostReportRow, UsageRow
+from kernel.db import replica_reads
 from users import services as users
 
 MAX_REPORT_DAYS = 366
 
 
+@replica_reads  # reports may lag the primary by the replica's delay
 def usage_report(*, organization_id: UUID, start: date, end: date, group_by: Literal["day", "model"]) -> list[UsageRow]:
     """The organization's ledger totals per UTC day or per model, ``start``..``end`` inclusive."""
     if group_by not in ("day", "model"):
@@ -33,6 +35,7 @@ def usage_report(*, organization_id: UUID, start: date, end: date, group_by: Lit
     ]
 
 
+@replica_reads
 def cost_report(*, day: date, organization_id: UUID | None = None) -> list[CostReportRow]:
     """One UTC day's spend per organization and model, by organization name then model."""
     rows = selectors.cost_totals(day=day, organization_id=organization_id)

@@ -10,6 +10,7 @@ from llm.services.execution import Outcome, backoff_seconds, task_execute
 from llm.services.lookups import tasks_get_many
 from llm.services.queues import queue_depths
 from llm.services.runtime import runtime
+from llm.services.stats import QueueStats, queue_gauges, queue_stats
 from llm.services.submit import (
     TaskNotCancellable,
     TaskNotFound,
@@ -43,6 +44,7 @@ def worker_leave() -> None:
 __all__ = [
     "FillReport",
     "Outcome",
+    "QueueStats",
     "SweepReport",
     "TaskNotCancellable",
     "TaskNotFound",
@@ -55,6 +57,8 @@ __all__ = [
     "dispatch_fill",
     "estimate_tokens",
     "queue_depths",
+    "queue_gauges",
+    "queue_stats",
     "status_payload",
     "task_cancel",
     "task_execute",

@@ -14,6 +14,7 @@ and waits at the dispatch gate, which sends it when it is due and the queue has 
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from django.db.models.functions import Coalesce, Now
 
 from billing import services as billing
 from contracts.billing import TokenUsage
+from kernel import metrics
 from kernel.db import release_connection
 from llm import response_cache, streams
 from llm.limits import ProviderBusy, provider_backoff, provider_slot, task_token_estimate
@@ -50,6 +52,7 @@ class Outcome:
     kind: Literal["done", "failed", "retry", "skipped", "discarded", "cancelled"]
     countdown: float | None = None
     queue: str | None = None
+    code: str | None = None  # the error code of a failure or a retry (metrics)
 
 
 def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
@@ -90,11 +93,32 @@ def task_execute(*, task_id: UUID) -> Outcome:
         release_connection()
         log.info("task_not_claimed", task_id=str(task_id))
         return Outcome("skipped")
+    started = time.perf_counter()
+    _observe_claim(task)
+    outcome = Outcome("failed", code="internal_error")  # what an exception out of _attempt counts as
     try:
-        return _attempt(task)
+        outcome = _attempt(task)
+        return outcome
     finally:
+        _observe_outcome(task, outcome, time.perf_counter() - started)
         release_connection()
         runtime().poke(queue_for(task.priority))
+
+
+def _observe_claim(task: AITask) -> None:
+    queue = queue_for(task.priority)
+    metrics.TASK_ATTEMPTS.labels(queue=queue, model=task.model).inc()
+    if task.attempts == 1 and task.started_at is not None:  # both on the database's clock
+        metrics.TASK_QUEUE_WAIT.labels(queue=queue).observe(max((task.started_at - task.created_at).total_seconds(), 0))
+
+
+def _observe_outcome(task: AITask, outcome: Outcome, seconds: float) -> None:
+    queue = queue_for(task.priority)
+    labels = {"queue": queue, "model": task.model}
+    metrics.TASK_OUTCOMES.labels(**labels, outcome=outcome.kind, error_code=outcome.code or "").inc()
+    metrics.TASK_ATTEMPT_SECONDS.labels(**labels, outcome=outcome.kind).observe(seconds)
+    if outcome.kind == "done" and task.completed_at is not None:
+        metrics.TASK_E2E.labels(**labels).observe(max((task.completed_at - task.created_at).total_seconds(), 0))
 
 
 def _attempt(task: AITask) -> Outcome:
@@ -162,15 +186,25 @@ def _timed_out(task: AITask) -> Outcome:
 
 def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[str]) -> Completion:
     completion: Completion | None = None
-    for event in events:
-        if isinstance(event, TextDelta):
-            produced.append(event.text)
-            streams.publish_delta(task.id, event.text, attempt=task.attempts)
-        elif isinstance(event, Completion):
-            completion = event
-    if completion is None:
-        raise ProviderError("The provider ended the stream without a result.")
-    return completion
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        for event in events:
+            if isinstance(event, TextDelta):
+                if not produced:
+                    ttft = metrics.PROVIDER_TTFT.labels(provider=settings.LLM_PROVIDER, model=task.model)
+                    ttft.observe(time.perf_counter() - started)
+                produced.append(event.text)
+                streams.publish_delta(task.id, event.text, attempt=task.attempts)
+            elif isinstance(event, Completion):
+                completion = event
+        if completion is None:
+            raise ProviderError("The provider ended the stream without a result.")
+        outcome = "ok"
+        return completion
+    finally:
+        latency = metrics.PROVIDER_LATENCY.labels(provider=settings.LLM_PROVIDER, model=task.model, outcome=outcome)
+        latency.observe(time.perf_counter() - started)
 
 
 def _held(task: AITask) -> Q:
@@ -255,7 +289,7 @@ def _fail(task: AITask, *, code: str, error: str, dead_letter: bool = False) -> 
         if not updated:
             return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
         fail_bookkeeping(task, error=error, dead_letter=dead_letter)
-    return Outcome("failed")
+    return Outcome("failed", code=code)
 
 
 def task_fail_abandoned(*, task_id: UUID, lease_token: UUID) -> bool:
@@ -305,7 +339,7 @@ def _wait_for_provider(task: AITask, busy: ProviderBusy) -> Outcome:
     if not updated:
         return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
     log.info("task_waits_for_provider", task_id=str(task.id), model=task.model, reason=busy.reason)
-    return Outcome("retry", countdown=busy.retry_after_s, queue=queue_for(task.priority))
+    return Outcome("retry", countdown=busy.retry_after_s, queue=queue_for(task.priority), code="provider_busy")
 
 
 def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: float | None) -> Outcome:
@@ -333,4 +367,4 @@ def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: f
         countdown=round(countdown, 2),
         error_code=code,
     )
-    return Outcome("retry", countdown=countdown, queue=queue_for(task.priority))
+    return Outcome("retry", countdown=countdown, queue=queue_for(task.priority), code=code)

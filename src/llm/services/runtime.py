@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 TICK_S = 0.25
 CANCEL_POLL_S = 0.5
 REGISTER_EVERY_S = 5.0
+ALIVE_EVERY_S = 1.0
 EXIT_STATUS_ABANDONED = 70  # EX_SOFTWARE: the supervisor restarts the worker
 
 
@@ -135,7 +136,7 @@ class Runtime:
 
     def _loop(self) -> None:
         next_beat = time.monotonic() + settings.TASK_HEARTBEAT_S
-        next_cancel = next_register = next_fill = 0.0
+        next_cancel = next_register = next_fill = next_alive = 0.0
         while True:
             self._wake.wait(TICK_S)
             self._wake.clear()
@@ -148,6 +149,9 @@ class Runtime:
                 next_beat = now + settings.TASK_HEARTBEAT_S
                 self._step("heartbeat", self._renew_leases)
             if self.pool is not None:
+                if now >= next_alive:  # worker_health reads it: no beat, a dead or stuck pool
+                    next_alive = now + ALIVE_EVERY_S
+                    self._step("liveness", self._alive)
                 if now >= next_register:
                     next_register = now + REGISTER_EVERY_S
                     self._step("register", self._register)
@@ -234,6 +238,14 @@ class Runtime:
             ttl = REGISTER_EVERY_S * 3
             for queue in self.pool.queues:
                 pool_register(queue=queue, node=self.pool.node, slots=self.pool.slots, ttl_s=ttl)
+
+    def _alive(self) -> None:
+        from kernel.health import pool_heartbeat
+
+        if self.pool is not None:
+            pool_heartbeat(
+                queues=self.pool.queues, node=self.pool.node, in_flight=self.in_flight(), slots=self.pool.slots
+            )
 
     def _fill(self, queue: str) -> None:
         from llm.services.dispatch import dispatch_fill
