@@ -32,6 +32,8 @@ app.conf.task_routes = {
     "analytics.*": {"queue": "low"},
     "billing.*": {"queue": "low"},
     "kernel.cleanup_*": {"queue": "low"},
+    "kernel.sweep_django_tasks": {"queue": "priority"},
+    # kernel.run_django_task: the queue is chosen per task at send time (kernel.tasks_backend).
 }
 
 # The schedule lives in code so it is reviewed like code (SPEC §2, beat).
@@ -40,6 +42,7 @@ app.conf.beat_schedule = {
     "relay-outbox": {"task": "kernel.relay_outbox", "schedule": 5.0},
     "cleanup-idempotency-keys": {"task": "kernel.cleanup_idempotency_keys", "schedule": 3600.0},
     "cleanup-outbox": {"task": "kernel.cleanup_outbox", "schedule": 3600.0},
+    "sweep-django-tasks": {"task": "kernel.sweep_django_tasks", "schedule": 30.0},
 }
 
 app.autodiscover_tasks()

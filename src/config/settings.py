@@ -222,6 +222,10 @@ DISPATCH_TICK_S = env.float("DISPATCH_TICK_S", default=1.0)
 # fair share only). Per-organization overrides: DispatchPolicy in the admin.
 DISPATCH_ORG_MAX_IN_FLIGHT = env.int("DISPATCH_ORG_MAX_IN_FLIGHT", default=0)
 
+# django.tasks (@task / .enqueue()) on the Celery pools, results in PostgreSQL
+# (kernel.tasks_backend, docs/decisions/django-tasks.md).
+TASKS = {"default": {"BACKEND": "kernel.tasks_backend.CeleryPoolBackend", "QUEUES": ["priority", "default", "low"]}}
+
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
