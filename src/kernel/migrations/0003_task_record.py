@@ -35,8 +35,5 @@ class Migration(migrations.Migration):
                 ('finished_at', models.DateTimeField(blank=True, null=True)),
                 ('lease_until', models.DateTimeField(blank=True, null=True)),
             ],
-            options={
-                'indexes': [models.Index(condition=models.Q(('status__in', ['READY', 'RUNNING'])), fields=['status', 'enqueued_at'], name='task_record_open')],
-            },
         ),
     ]
