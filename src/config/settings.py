@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "waffle",  # feature switches (kernel.flags)
     "kernel",
     "users",
     "billing",
