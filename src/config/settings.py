@@ -223,6 +223,11 @@ DISPATCH_TICK_S = env.float("DISPATCH_TICK_S", default=1.0)
 # fair share only). Per-organization overrides: DispatchPolicy in the admin.
 DISPATCH_ORG_MAX_IN_FLIGHT = env.int("DISPATCH_ORG_MAX_IN_FLIGHT", default=0)
 
+# Shadow reads (kernel.shadow): the share of calls that also run a read's new query path.
+SHADOW_READ_RATE = env.float("SHADOW_READ_RATE", default=0.01)
+if not 0 <= SHADOW_READ_RATE <= 1:
+    _config_errors.append(f"SHADOW_READ_RATE must be between 0 and 1 (got {SHADOW_READ_RATE})")
+
 # django.tasks (@task / .enqueue()) on the Celery pools, results in PostgreSQL
 # (kernel.tasks_backend, docs/decisions/django-tasks.md).
 TASKS = {"default": {"BACKEND": "kernel.tasks_backend.CeleryPoolBackend", "QUEUES": ["priority", "default", "low"]}}
