@@ -223,6 +223,28 @@ DISPATCH_TICK_S = env.float("DISPATCH_TICK_S", default=1.0)
 # fair share only). Per-organization overrides: DispatchPolicy in the admin.
 DISPATCH_ORG_MAX_IN_FLIGHT = env.int("DISPATCH_ORG_MAX_IN_FLIGHT", default=0)
 
+# ---------------------------------------------------------------------------------------
+# Email (users.emails: sent from the priority pool, never in a request). EMAIL_URL picks
+# the backend: consolemail:// (default: printed by the worker), smtp+tls://user:pass@host:587,
+# memorymail:// (tests). https://django-environ.readthedocs.io/en/latest/types.html#environ-env-email-url
+# ---------------------------------------------------------------------------------------
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+_mailer_options: dict[str, object] = {}
+if _email["EMAIL_BACKEND"].endswith(".smtp.EmailBackend"):
+    _mailer_options = {
+        "host": _email.get("EMAIL_HOST", "localhost"),
+        "port": _email.get("EMAIL_PORT", 25),
+        "username": _email.get("EMAIL_HOST_USER", ""),
+        "password": _email.get("EMAIL_HOST_PASSWORD", ""),
+        "use_tls": _email.get("EMAIL_USE_TLS", False),
+        "use_ssl": _email.get("EMAIL_USE_SSL", False),
+        "timeout": env.int("EMAIL_TIMEOUT", default=10),  # well inside TASK_TIME_LIMIT
+    }
+elif "EMAIL_FILE_PATH" in _email:
+    _mailer_options = {"file_path": _email["EMAIL_FILE_PATH"]}
+MAILERS = {"default": {"BACKEND": _email["EMAIL_BACKEND"], "OPTIONS": _mailer_options}}
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Switchyard <no-reply@switchyard.invalid>")
+
 # Shadow reads (kernel.shadow): the share of calls that also run a read's new query path.
 SHADOW_READ_RATE = env.float("SHADOW_READ_RATE", default=0.01)
 if not 0 <= SHADOW_READ_RATE <= 1:
