@@ -11,7 +11,7 @@ PYTEST := $(BIN)/pytest --ds=config.settings_test
 # `make lock` writes it from pyproject.toml; the venv installs it and nothing else.
 LOCK := requirements/runtime.txt requirements/dev.txt
 
-.PHONY: help venv lock lock-check lint-docker migrations-check run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
+.PHONY: help venv lock lock-check lint-docker migrations-check k8s-check run test test-fast test-slow lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
 
 help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
@@ -52,6 +52,10 @@ migrations-check: venv
 	DJANGO_SETTINGS_MODULE=config.settings_test $(BIN)/python manage.py makemigrations --check --dry-run
 	DJANGO_SETTINGS_MODULE=config.settings_test $(BIN)/python manage.py lint_migrations
 
+# deploy/k8s: kustomize base and overlays against the Kubernetes API schemas, offline.
+k8s-check: venv
+	$(BIN)/python scripts/k8s_check.py
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -82,11 +86,11 @@ pytest-slow: venv
 	scripts/ensure-services.sh
 	$(PYTEST) -m slow $(PYTEST_ARGS)
 
-test-fast: lock-check lint lint-docker typecheck imports openapi-check migrations-check pytest
+test-fast: lock-check lint lint-docker k8s-check typecheck imports openapi-check migrations-check pytest
 
 test-slow: pytest-slow
 
-test: lock-check lint lint-docker typecheck imports openapi-check migrations-check
+test: lock-check lint lint-docker k8s-check typecheck imports openapi-check migrations-check
 	scripts/ensure-services.sh
 	$(PYTEST) --create-db $(PYTEST_ARGS)
 
