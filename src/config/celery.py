@@ -43,6 +43,7 @@ app.conf.beat_schedule = {
     "cleanup-idempotency-keys": {"task": "kernel.cleanup_idempotency_keys", "schedule": 3600.0},
     "cleanup-outbox": {"task": "kernel.cleanup_outbox", "schedule": 3600.0},
     "sweep-django-tasks": {"task": "kernel.sweep_django_tasks", "schedule": 30.0},
+    "cleanup-django-tasks": {"task": "kernel.cleanup_django_tasks", "schedule": 3600.0},
 }
 
 app.autodiscover_tasks()

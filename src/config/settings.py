@@ -253,6 +253,7 @@ if not 0 <= SHADOW_READ_RATE <= 1:
 # django.tasks (@task / .enqueue()) on the Celery pools, results in PostgreSQL
 # (kernel.tasks_backend, docs/decisions/django-tasks.md).
 TASKS = {"default": {"BACKEND": "kernel.tasks_backend.CeleryPoolBackend", "QUEUES": ["priority", "default", "low"]}}
+TASK_RESULT_RETENTION_DAYS = env.int("TASK_RESULT_RETENTION_DAYS", default=7)
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = None

@@ -69,3 +69,8 @@ def run_django_task(self: Task, record_id: str) -> str:
 @shared_task(name="kernel.sweep_django_tasks", ignore_result=True)
 def sweep_django_tasks_task() -> int:
     return tasks_backend.sweep()
+
+
+@shared_task(name="kernel.cleanup_django_tasks", ignore_result=True)
+def cleanup_django_tasks_task() -> int:
+    return tasks_backend.cleanup()

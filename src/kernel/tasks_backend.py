@@ -372,3 +372,20 @@ def sweep(*, grace_s: float | None = None, limit: int = 500) -> int:
     for record_id, queue in rows:
         sent += send(str(record_id), queue=queue)
     return sent
+
+
+def cleanup(*, batch_size: int = 1000) -> int:
+    """Delete finished records older than ``TASK_RESULT_RETENTION_DAYS`` (beat, hourly);
+    ``get_result`` of one of them then raises ``TaskResultDoesNotExist``."""
+    cutoff = timezone.now() - timedelta(days=settings.TASK_RESULT_RETENTION_DAYS)
+    finished = [TaskRecord.Status.SUCCESSFUL, TaskRecord.Status.FAILED]
+    deleted = 0
+    while True:
+        ids = list(
+            TaskRecord.objects.filter(status__in=finished, finished_at__lt=cutoff).values_list("id", flat=True)[
+                :batch_size
+            ]
+        )
+        if not ids:
+            return deleted
+        deleted += TaskRecord.objects.filter(id__in=ids).delete()[0]

@@ -146,3 +146,16 @@ def test_the_sweeper_resends_what_no_message_runs_and_a_lost_worker_counts(monke
     fetched = django_tasks.add.get_result(running.id)
     assert fetched.worker_ids == ["dead-worker", "w2"]
     assert fetched.errors[0].exception_class is tasks_backend.WorkerLost
+
+
+def test_finished_records_past_retention_are_cleaned_up_and_open_ones_kept() -> None:
+    old_done, old_open, fresh = (django_tasks.add.enqueue(i, i) for i in range(3))
+    tasks_backend.execute(old_done.id, worker_id="w")
+    tasks_backend.execute(fresh.id, worker_id="w")
+    past = timezone.now() - dt.timedelta(days=settings.TASK_RESULT_RETENTION_DAYS, hours=1)
+    TaskRecord.objects.filter(id=old_done.id).update(finished_at=past)
+    TaskRecord.objects.filter(id=old_open.id).update(enqueued_at=past)
+    assert tasks_backend.cleanup() == 1
+    with pytest.raises(TaskResultDoesNotExist):
+        django_tasks.add.get_result(old_done.id)
+    assert {str(i) for i in TaskRecord.objects.values_list("id", flat=True)} == {old_open.id, fresh.id}
