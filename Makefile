@@ -11,11 +11,11 @@ PYTEST := $(BIN)/pytest --ds=config.settings_test
 # `make lock` writes it from pyproject.toml; the venv installs it and nothing else.
 LOCK := requirements/runtime.txt requirements/dev.txt
 
-.PHONY: help venv lock lock-check lint-docker run test test-fast test-slow test-pgbouncer lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
+.PHONY: help venv lock lock-check lint-docker migrations-check k8s-check run test test-fast test-slow test-pgbouncer lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
 
 help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
-	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, the whole pytest suite"
+	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, migration checks, the whole pytest suite"
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
 	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks (bench-quick: smaller counts)"
 	@echo "make lock    - re-resolve requirements/*.txt from pyproject.toml (after adding or changing a pin)"
@@ -45,6 +45,17 @@ lint-docker: venv
 
 run: venv
 	@scripts/run.sh
+
+# docs/migrations.md: every model change has its migration, and no migration locks a
+# table or breaks the release still running during a rolling deploy (needs PostgreSQL).
+migrations-check: venv
+	scripts/ensure-services.sh
+	DJANGO_SETTINGS_MODULE=config.settings_test $(BIN)/python manage.py makemigrations --check --dry-run
+	DJANGO_SETTINGS_MODULE=config.settings_test $(BIN)/python manage.py lint_migrations
+
+# deploy/k8s: kustomize base and overlays against the Kubernetes API schemas, offline.
+k8s-check: venv
+	$(BIN)/python scripts/k8s_check.py
 
 lint: venv
 	$(BIN)/ruff check .
@@ -76,11 +87,11 @@ pytest-slow: venv
 	scripts/ensure-services.sh
 	$(PYTEST) -m slow $(PYTEST_ARGS)
 
-test-fast: lock-check lint lint-docker typecheck imports openapi-check pytest
+test-fast: lock-check lint lint-docker k8s-check typecheck imports openapi-check migrations-check pytest
 
 test-slow: pytest-slow
 
-test: lock-check lint lint-docker typecheck imports openapi-check
+test: lock-check lint lint-docker k8s-check typecheck imports openapi-check migrations-check
 	scripts/ensure-services.sh
 	$(PYTEST) --create-db $(PYTEST_ARGS)
 

@@ -35,6 +35,7 @@ PRODUCTION = {
     "ALLOWED_HOSTS": "api.example.com",
     "LLM_PROVIDER": "fake",
     "LOG_FORMAT": "json",
+    "EMAIL_URL": "smtp+tls://mailer:mail-password@smtp.example.com:587",  # check --deploy refuses the console
 }
 
 

@@ -130,7 +130,7 @@ def test_generated_code_passes_mypy_pytest_and_the_schema_check(generated: Path)
 
     tests = run(generated, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"src/{SHORT}/tests")
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "2 passed" in tests.stdout
+    assert "3 passed" in tests.stdout
 
     # Warnings elsewhere in the project are the OpenAPI drift check's business; the
     # generated endpoints must add none.
@@ -235,3 +235,36 @@ def test_dry_run_writes_nothing(repo: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "Would create src/notes/services.py" in out
     assert "Would update importlinter.ini" in out
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_runs_the_generated_task_and_get_result_reads_it(generated: Path, tmp_path: Path) -> None:
+    """The generated ``tasks.py`` on Django's task API: enqueued in one process of the copy,
+    run by a ``default`` pool worker of the copy (bin/switchyard), read back in a third."""
+    from tests.pipeline.conftest import Worker, wait_for
+    from tests.support import server_env
+
+    if not (generated / "bin").exists():
+        shutil.copytree(ROOT / "bin", generated / "bin")
+        (generated / ".venv").symlink_to(VENV_BIN.parent)
+    env = {**server_env(), "PYTHONPATH": f"{generated / 'src'}:{generated}"}
+
+    def shell(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", f"from {SHORT}.tasks import {SHORT}_echo_task as t; {code}"],
+            cwd=generated, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    worker = Worker("default", tmp_path, root=generated)
+    try:
+        worker.wait_ready()
+        org = "8d7f1c2e-4b3a-4f5e-9a6b-1c2d3e4f5a6b"
+        result_id = shell(f"print(t.enqueue({org!r}, '  hello  ').id)")
+        wait_for(lambda: shell(f"print(t.get_result({result_id!r}).status)") == "SUCCESSFUL", 60)
+        value = shell(f"print(t.get_result({result_id!r}).return_value['message'])")
+        assert value == "hello"
+    finally:
+        worker.stop()

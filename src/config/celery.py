@@ -32,6 +32,8 @@ app.conf.task_routes = {
     "analytics.*": {"queue": "low"},
     "billing.*": {"queue": "low"},
     "kernel.cleanup_*": {"queue": "low"},
+    "kernel.sweep_django_tasks": {"queue": "priority"},
+    # kernel.run_django_task: the queue is chosen per task at send time (kernel.tasks_backend).
 }
 
 # The schedule lives in code so it is reviewed like code (SPEC §2, beat).
@@ -43,6 +45,8 @@ app.conf.beat_schedule = {
     # Analytics: the next months' partitions exist before their events, old ones go.
     "analytics-maintain-partitions": {"task": "analytics.maintain_partitions", "schedule": 3600.0},
     "analytics-cleanup-exports": {"task": "analytics.cleanup_exports", "schedule": 600.0},
+    "sweep-django-tasks": {"task": "kernel.sweep_django_tasks", "schedule": 30.0},
+    "cleanup-django-tasks": {"task": "kernel.cleanup_django_tasks", "schedule": 3600.0},
 }
 
 app.autodiscover_tasks()

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from the image (/api/docs/)
+    "waffle",  # feature switches (kernel.flags)
     "kernel",
     "users",
     "billing",
@@ -229,6 +230,38 @@ DISPATCH_TICK_S = env.float("DISPATCH_TICK_S", default=1.0)
 # Calls in flight per organization and queue while other organizations wait (0: none,
 # fair share only). Per-organization overrides: DispatchPolicy in the admin.
 DISPATCH_ORG_MAX_IN_FLIGHT = env.int("DISPATCH_ORG_MAX_IN_FLIGHT", default=0)
+
+# ---------------------------------------------------------------------------------------
+# Email (users.emails: sent from the priority pool, never in a request). EMAIL_URL picks
+# the backend: consolemail:// (default: printed by the worker), smtp+tls://user:pass@host:587,
+# memorymail:// (tests). https://django-environ.readthedocs.io/en/latest/types.html#environ-env-email-url
+# ---------------------------------------------------------------------------------------
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+_mailer_options: dict[str, object] = {}
+if _email["EMAIL_BACKEND"].endswith(".smtp.EmailBackend"):
+    _mailer_options = {
+        "host": _email.get("EMAIL_HOST", "localhost"),
+        "port": _email.get("EMAIL_PORT", 25),
+        "username": _email.get("EMAIL_HOST_USER", ""),
+        "password": _email.get("EMAIL_HOST_PASSWORD", ""),
+        "use_tls": _email.get("EMAIL_USE_TLS", False),
+        "use_ssl": _email.get("EMAIL_USE_SSL", False),
+        "timeout": env.int("EMAIL_TIMEOUT", default=10),  # well inside TASK_TIME_LIMIT
+    }
+elif "EMAIL_FILE_PATH" in _email:
+    _mailer_options = {"file_path": _email["EMAIL_FILE_PATH"]}
+MAILERS = {"default": {"BACKEND": _email["EMAIL_BACKEND"], "OPTIONS": _mailer_options}}
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Switchyard <no-reply@switchyard.invalid>")
+
+# Shadow reads (kernel.shadow): the share of calls that also run a read's new query path.
+SHADOW_READ_RATE = env.float("SHADOW_READ_RATE", default=0.01)
+if not 0 <= SHADOW_READ_RATE <= 1:
+    _config_errors.append(f"SHADOW_READ_RATE must be between 0 and 1 (got {SHADOW_READ_RATE})")
+
+# django.tasks (@task / .enqueue()) on the Celery pools, results in PostgreSQL
+# (kernel.tasks_backend, docs/decisions/django-tasks.md).
+TASKS = {"default": {"BACKEND": "kernel.tasks_backend.CeleryPoolBackend", "QUEUES": ["priority", "default", "low"]}}
+TASK_RESULT_RETENTION_DAYS = env.int("TASK_RESULT_RETENTION_DAYS", default=7)
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = None

@@ -36,6 +36,8 @@ os.environ.setdefault("TASK_RETRY_BACKOFF_MAX_S", "2")
 os.environ.setdefault("SWEEPER_PENDING_GRACE_S", "2")
 os.environ.setdefault("WEBHOOK_RETRY_BACKOFF_S", "0.2")
 os.environ.setdefault("WEBHOOK_RETRY_BACKOFF_MAX_S", "1")
+os.environ.setdefault("EMAIL_URL", "memorymail://")  # workers too; pytest's mailoutbox is locmem
+os.environ.setdefault("SHADOW_READ_RATE", "0")  # tests that shadow a read set their own rate
 
 from config.settings import *  # noqa: F403
 

@@ -1,4 +1,4 @@
-"""Admin: the outbox, its dead letters (read-only, replay) and idempotency records."""
+"""Admin: the outbox, its dead letters (read-only, replay), idempotency records and django.tasks results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.http import HttpRequest
 
 from kernel import services
 from kernel.errors import DomainError
-from kernel.models import EventDeadLetter, IdempotencyRecord, OutboxEvent
+from kernel.models import EventDeadLetter, IdempotencyRecord, OutboxEvent, TaskRecord
 
 
 @admin.register(OutboxEvent)
@@ -67,4 +67,20 @@ class IdempotencyRecordAdmin(admin.ModelAdmin[IdempotencyRecord]):
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(TaskRecord)
+class TaskRecordAdmin(admin.ModelAdmin[TaskRecord]):
+    """django.tasks results (kernel.tasks_backend), read-only: arguments may be personal data."""
+
+    list_display = ["task_path", "status", "celery_queue", "enqueued_at", "finished_at"]
+    list_filter = ["status", "celery_queue", "task_path"]
+    search_fields = ["id", "task_path"]
+    ordering = ["-enqueued_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TaskRecord | None = None) -> bool:
         return False

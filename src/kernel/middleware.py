@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -223,6 +225,19 @@ def BodySizeLimitMiddleware(get_response: Handler) -> Handler:  # noqa: N802
     return middleware
 
 
+_uncounted: ContextVar[bool] = ContextVar("queries_uncounted", default=False)
+
+
+@contextmanager
+def queries_uncounted() -> Iterator[None]:
+    """Statements run inside are not the request's (kernel.shadow's new query paths)."""
+    token = _uncounted.set(True)
+    try:
+        yield
+    finally:
+        _uncounted.reset(token)
+
+
 class QueryCounter:
     """A ``connection.execute_wrapper`` that counts statements."""
 
@@ -230,7 +245,8 @@ class QueryCounter:
         self.count = 0
 
     def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        self.count += 1
+        if not _uncounted.get():
+            self.count += 1
         return execute(sql, params, many, context)
 
 

@@ -76,3 +76,53 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope}:{self.key} ({self.status})"
+
+
+class TaskRecord(models.Model):
+    """One ``django.tasks`` result run by ``kernel.tasks_backend.CeleryPoolBackend``.
+
+    The row is the source of truth for status, attempts, errors and the return value
+    (``Task.get_result`` reads it); the Celery message only carries its id.
+    """
+
+    class Status(models.TextChoices):  # the values of django.tasks.TaskResultStatus
+        READY = "READY"
+        RUNNING = "RUNNING"
+        FAILED = "FAILED"
+        SUCCESSFUL = "SUCCESSFUL"
+
+    id = models.UUIDField(primary_key=True)
+    task_path = models.CharField(max_length=255)
+    backend = models.CharField(max_length=64)
+    queue_name = models.CharField(max_length=32)
+    celery_queue = models.CharField(max_length=32)
+    priority = models.SmallIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    return_value = models.JSONField(null=True, blank=True)
+    errors = models.JSONField(default=list)  # [{"exception_class_path": ..., "traceback": ...}]
+    worker_ids = models.JSONField(default=list)
+    max_attempts = models.PositiveSmallIntegerField()
+    time_limit_s = models.FloatField()
+    run_after = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField()
+    sent_at = models.DateTimeField()  # the last message sent for it (enqueue, retry, sweep)
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # READY rows are due at ``run_after``; RUNNING rows belong to their worker until
+    # ``lease_until`` (the time limit plus a margin), then the sweeper sends them again.
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["status", "enqueued_at"],
+                name="task_record_open",
+                condition=models.Q(status__in=["READY", "RUNNING"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_path} {self.id} ({self.status})"

@@ -7,7 +7,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 
-from kernel import services
+from kernel import services, tasks_backend
 
 
 @shared_task(name="kernel.relay_outbox", ignore_result=True)
@@ -54,3 +54,23 @@ def cleanup_idempotency_keys_task() -> int:
 @shared_task(name="kernel.cleanup_outbox", ignore_result=True)
 def cleanup_outbox_task() -> int:
     return services.outbox_cleanup()
+
+
+@shared_task(bind=True, name=tasks_backend.RUN_TASK, ignore_result=True)
+def run_django_task(self: Task, record_id: str) -> str:
+    """Run one ``django.tasks`` result of ``kernel.tasks_backend``: one attempt, then the
+    next one is sent with its back-off (a message of its own, never a sleeping thread)."""
+    outcome = tasks_backend.execute(record_id, worker_id=self.request.hostname or "worker", exit_on_abandon=True)
+    if outcome.retry_in is not None:
+        tasks_backend.send(record_id, queue=outcome.queue, countdown=outcome.retry_in)
+    return outcome.status
+
+
+@shared_task(name="kernel.sweep_django_tasks", ignore_result=True)
+def sweep_django_tasks_task() -> int:
+    return tasks_backend.sweep()
+
+
+@shared_task(name="kernel.cleanup_django_tasks", ignore_result=True)
+def cleanup_django_tasks_task() -> int:
+    return tasks_backend.cleanup()

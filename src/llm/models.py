@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
 
 
 class AITask(models.Model):
@@ -39,9 +39,9 @@ class AITask(models.Model):
     # "system" message) the provider receives. NULL for a plain task (``prompt`` alone).
     messages = models.JSONField(null=True, blank=True)
     # Tried in order after a retryable failure (llm.services.fallback).
-    fallback_models = models.JSONField(default=list, blank=True)
+    fallback_models = models.JSONField(default=list, db_default=Value([], output_field=models.JSONField()), blank=True)
     # The model of the current attempt; once done, the model that answered.
-    served_model = models.CharField(max_length=100, blank=True, default="")
+    served_model = models.CharField(max_length=100, blank=True, default="", db_default="")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     result = models.TextField(null=True, blank=True)
@@ -62,10 +62,14 @@ class AITask(models.Model):
         DELIVERED = "delivered"
         FAILED = "failed"
 
-    webhook_status = models.CharField(max_length=10, choices=WebhookStatus.choices, default=WebhookStatus.NONE)
-    webhook_attempts = models.PositiveIntegerField(default=0)
+    # db_default on the NOT NULL columns added after the first release: an older release
+    # inserting without them still works during a rolling deploy (docs/migrations.md).
+    webhook_status = models.CharField(
+        max_length=10, choices=WebhookStatus.choices, default=WebhookStatus.NONE, db_default=WebhookStatus.NONE
+    )
+    webhook_attempts = models.PositiveIntegerField(default=0, db_default=0)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
-    webhook_last_error = models.TextField(blank=True, default="")
+    webhook_last_error = models.TextField(blank=True, default="", db_default="")
     # A delivery holds the webhook until this time (one POST at a time); the next attempt
     # is not due before webhook_next_at (its backoff), which is also when the sweeper
     # looks for a retry message that was lost.
@@ -79,7 +83,7 @@ class AITask(models.Model):
     # NULL while the task waits at the dispatch gate (llm.services.dispatch); set when a
     # message is sent to the broker. ``dispatch_count`` spaces out the sweeper's re-sends.
     dispatched_at = models.DateTimeField(null=True, blank=True)
-    dispatch_count = models.PositiveIntegerField(default=0)
+    dispatch_count = models.PositiveIntegerField(default=0, db_default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -133,7 +137,7 @@ class DeadLetter(models.Model):
         WEBHOOK = "webhook"
 
     task = models.ForeignKey(AITask, on_delete=models.CASCADE, related_name="dead_letters")
-    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TASK)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TASK, db_default=Kind.TASK)
     reason = models.TextField()
     attempts = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import datetime
 from uuid import UUID
 
-from django.db.models import Q, QuerySet
+from django.db.models import BooleanField, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from kernel.db import replica_reads
 from kernel.errors import DomainError
+from kernel.shadow import ShadowRead
 from llm.models import AITask
 
 
@@ -44,13 +47,60 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 def task_page(
     *, organization_id: UUID, status: str | None, cursor: str | None, limit: int
 ) -> tuple[list[AITask], str | None]:
-    """Newest first, keyset-paginated on (created_at, id): one query whatever the page."""
+    """Newest first, keyset-paginated on (created_at, id): one query whatever the page.
+
+    Shadow read (kernel.shadow): the row-value keyset ``(created_at, id) < (...)``, which
+    PostgreSQL matches to the (organization, -created_at, -id) index as one range, runs
+    beside the OR form for a sample of calls until it has proven to return the same pages.
+    """
+    after = decode_cursor(cursor) if cursor else None
+
+    def page(keyset: Callable[[QuerySet[AITask], datetime, UUID], QuerySet[AITask]]) -> Callable[[], _Page]:
+        return lambda: _task_page(
+            organization_id=organization_id, status=status, after=after, limit=limit, keyset=keyset
+        )
+
+    return TASK_PAGE_SHADOW.run(page(_keyset_or), page(_keyset_row))
+
+
+_Page = tuple[list[AITask], str | None]
+
+
+def _page_key(page: _Page) -> dict[str, object]:
+    rows, next_cursor = page
+    return {"ids": [str(task.id) for task in rows], "next": next_cursor}
+
+
+TASK_PAGE_SHADOW: ShadowRead[_Page] = ShadowRead("llm.task_page", key=_page_key)
+
+
+def _keyset_or(tasks: QuerySet[AITask], created_at: datetime, task_id: UUID) -> QuerySet[AITask]:
+    return tasks.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=task_id))
+
+
+def _keyset_row(tasks: QuerySet[AITask], created_at: datetime, task_id: UUID) -> QuerySet[AITask]:
+    return tasks.filter(
+        RawSQL(
+            '("llm_aitask"."created_at", "llm_aitask"."id") < (%s, %s)',
+            (created_at, task_id),
+            output_field=BooleanField(),
+        )
+    )
+
+
+def _task_page(
+    *,
+    organization_id: UUID,
+    status: str | None,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+    keyset: Callable[[QuerySet[AITask], datetime, UUID], QuerySet[AITask]],
+) -> _Page:
     tasks = task_queryset(organization_id=organization_id)
     if status:
         tasks = tasks.filter(status=status)
-    if cursor:
-        created_at, task_id = decode_cursor(cursor)
-        tasks = tasks.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=task_id))
+    if after is not None:
+        tasks = keyset(tasks, *after)
     rows = list(tasks.order_by("-created_at", "-id")[: limit + 1])
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from contracts.users import ApiKeyInfo, ApiKeyIssued, Organization, Principal
 from kernel.errors import DomainError, NotFoundError
-from users import limits
+from users import emails, limits
 from users.limits import RateLimited as RateLimited  # re-exported: the public surface of the limits
 from users.limits import TokensRateLimited as TokensRateLimited
 from users.limits import auth_failure_check as auth_failure_check
@@ -123,7 +123,8 @@ def api_key_create(*, email: str, organization_name: str | None = None, name: st
     named after the email's domain.
     """
     email = User.objects.normalize_email(email.strip()).lower()
-    user = User.objects.filter(email=email).first() or User.objects.create_user(email)
+    existing = User.objects.filter(email=email).first()
+    user = existing or User.objects.create_user(email)
     if organization_name is None:
         membership = user.memberships.select_related("organization").order_by("created_at").first()
         organization_name = membership.organization.name if membership else email.rsplit("@", 1)[-1]
@@ -140,6 +141,10 @@ def api_key_create(*, email: str, organization_name: str | None = None, name: st
         prefix=f"{KEY_PREFIX}{public}",
         key_hash=_digest(raw_key),
     )
+    # Sent by a priority worker after commit (users.emails); ids only, never the key.
+    if existing is None:
+        emails.send_welcome_email.enqueue(user.pk, org_contract.name)
+    emails.send_key_created_email.enqueue(str(key.id))
     return ApiKeyIssued(info=_to_key_info(key), key=raw_key, user_email=email, organization_name=org_contract.name)
 
 

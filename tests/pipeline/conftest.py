@@ -33,17 +33,17 @@ def process_env(**extra: str) -> dict[str, str]:
 
 
 class Worker:
-    def __init__(self, queue: str, log_dir: Path, **env: str) -> None:
+    def __init__(self, queue: str, log_dir: Path, *, root: Path = ROOT, **env: str) -> None:
         self.queue = queue
         self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{HOST}"
         self.log_path = log_dir / f"{self.name}.log"
         # The production command line (bin/switchyard: threads pool, pooled connections),
         # with a small pool unless the test asks for another size.
-        command = [str(ROOT / "bin" / "switchyard"), f"worker-{queue}"]
+        command = [str(root / "bin" / "switchyard"), f"worker-{queue}"]  # root: a copy of the tree
         env = {"WORKER_CONCURRENCY": "4", "WORKER_NODE_NAME": self.name, **env}
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=process_env(**env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=root, env=process_env(**env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def wait_ready(self, timeout: float = 30) -> None:
@@ -76,7 +76,7 @@ def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
     started: list[Worker] = []
 
     def start(queue: str, **env: str) -> Worker:
-        worker = Worker(queue, tmp_path, **env)
+        worker = Worker(queue, tmp_path, root=ROOT, **env)
         started.append(worker)
         worker.wait_ready()
         return worker

@@ -66,9 +66,31 @@ def ${name}_echo(*, data: ${camel}EchoInput) -> ${camel}Echo:
     return ${camel}Echo(organization_id=data.organization_id, message=message, length=len(message))
 ''',
     "tasks.py": '''\
-"""Celery entry points of the ${name} context: ids and primitives in, one service call
-out, no logic. Name tasks ``"${name}.<what>"`` and route them in ``config.celery``
-(unrouted tasks run on the ``default`` queue); enqueue with ``delay_on_commit``."""
+"""Background work of the ${name} context with Django's task API (``django.tasks``), run
+on the platform's Celery pools by ``kernel.tasks_backend`` (docs/adding-a-context.md).
+
+Primitives in (JSON), one service call, a JSON result out; no logic here. Enqueue from a
+service (``${name}_echo_task.enqueue(...)``): the message is sent after the transaction
+commits, and the result is read back from PostgreSQL with
+``${name}_echo_task.get_result(result.id)``. ``queue_name`` (or ``priority``) picks the
+pool; ``kernel.tasks_backend.platform_task`` sets ``max_attempts`` and ``time_limit``.
+Attempts are retried with back-off, so a task must be safe to run twice."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.tasks import task
+
+from contracts.${name} import ${camel}EchoInput
+from ${name} import services
+
+
+@task(queue_name="default")
+def ${name}_echo_task(organization_id: str, message: str) -> dict[str, object]:
+    """Example task (replace it): ``${name}_echo`` on a worker of the default pool."""
+    data = ${camel}EchoInput(organization_id=UUID(organization_id), message=message)
+    return services.${name}_echo(data=data).model_dump(mode="json")
 ''',
     "admin.py": '''\
 """Django admin of the ${name} context: register its models here."""
@@ -156,6 +178,7 @@ import pytest
 
 from contracts.${name} import ${camel}EchoInput
 from ${name} import services
+from ${name}.tasks import ${name}_echo_task
 
 
 def test_echo_trims_the_message() -> None:
@@ -168,6 +191,12 @@ def test_echo_refuses_a_blank_message() -> None:
     data = ${camel}EchoInput(organization_id=uuid.uuid4(), message="   ")
     with pytest.raises(services.${camel}Error, match="blank"):
         services.${name}_echo(data=data)
+
+
+def test_the_echo_task_returns_json() -> None:
+    organization_id = uuid.uuid4()
+    result = ${name}_echo_task.call(str(organization_id), " hi ")  # the function, in this process
+    assert result == {"organization_id": str(organization_id), "message": "hi", "length": 2}
 ''',
 }
 

@@ -18,6 +18,7 @@ from contracts.billing import ReservationRequest, TokenUsage
 from contracts.llm import AITask as AITaskContract
 from contracts.llm import AITaskPage, TaskSubmission
 from kernel.errors import ConflictError, NotFoundError
+from kernel.flags import Switch
 from llm import response_cache, selectors, streams
 from llm.limits import task_token_estimate
 from llm.models import AITask, DeadLetter
@@ -27,6 +28,8 @@ from llm.services._common import announce_terminal, dispatch, enqueue_webhook, t
 from users import services as users
 
 log = structlog.get_logger(__name__)
+# Kill switch: off (in the admin) and every submission goes to a provider, no cached answer.
+CACHE_LOOKUP = Switch("llm.response_cache_lookup", default=True, note="serve identical prompts from the cache")
 
 
 class TaskNotFound(NotFoundError):
@@ -52,7 +55,7 @@ def task_submit(submission: TaskSubmission) -> AITaskContract:
         prompt=submission.prompt,
         messages=_messages(submission),
     )
-    hit = response_cache.get(key) if submission.use_cache else None
+    hit = response_cache.get(key) if submission.use_cache and CACHE_LOOKUP.is_active() else None
     if hit is not None:
         return _submit_cached(submission, hit)
     tokens = task_token_estimate(prompt=submission.prompt, max_tokens=submission.max_tokens)
