@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 
 from analytics import services
 from kernel.auth import principal_of
+from kernel.serializers import QuerySerializer
 
 ERROR = OpenApiResponse(description="Error: {type, code, detail, errors?}")
 MAX_SUMMARY_DAYS = 366
@@ -65,7 +66,7 @@ class SummaryApi(APIView):
     (inclusive; default the last 30 days): counts, failure rate, duration percentiles,
     tokens and cost, by model, by priority and per day. Cached 5 minutes."""
 
-    class InputSerializer(serializers.Serializer[dict[str, Any]]):
+    class InputSerializer(QuerySerializer):
         start = serializers.DateField(required=False, input_formats=["%Y-%m-%d"], help_text="First UTC day.")
         end = serializers.DateField(required=False, input_formats=["%Y-%m-%d"], help_text="Last UTC day (inclusive).")
         group_by = serializers.CharField(

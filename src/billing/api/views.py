@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from billing import services
 from kernel.auth import principal_of
+from kernel.serializers import QuerySerializer
 
 ERROR = OpenApiResponse(description="Error: {type, code, detail, errors?}")
 
@@ -60,7 +61,7 @@ class BudgetDetailApi(APIView):
 class UsageReportApi(APIView):
     """Ledger totals of the caller's organization per UTC day or per model."""
 
-    class InputSerializer(serializers.Serializer[dict[str, Any]]):
+    class InputSerializer(QuerySerializer):
         start = serializers.DateField(input_formats=["%Y-%m-%d"], help_text="First UTC day, YYYY-MM-DD.")
         end = serializers.DateField(input_formats=["%Y-%m-%d"], help_text="Last UTC day (inclusive), YYYY-MM-DD.")
         group_by = serializers.ChoiceField(

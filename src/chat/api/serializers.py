@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from kernel.serializers import QuerySerializer
 from llm import services as llm
 
 METADATA_MAX_BYTES = 4096
@@ -47,7 +48,7 @@ class AssistantOutputSerializer(serializers.Serializer[dict[str, Any]]):
     updated_at = serializers.DateTimeField()
 
 
-class PageQuerySerializer(serializers.Serializer[dict[str, Any]]):
+class PageQuerySerializer(QuerySerializer):
     cursor = serializers.CharField(required=False, max_length=200)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=20)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from kernel.serializers import QuerySerializer
 from llm import services
 
 METADATA_MAX_BYTES = 4096
@@ -53,22 +54,12 @@ class TaskOutputSerializer(serializers.Serializer[dict[str, Any]]):
     metadata = serializers.DictField()
 
 
-class TaskListQuerySerializer(serializers.Serializer[dict[str, Any]]):
-    """Query parameters of the task list. An empty value (``?status=``) is refused, not
-    read as "absent" the way DRF reads an empty form field: the contract has no empty
-    status, cursor or limit, and a filter that silently matches everything is a surprise."""
+class TaskListQuerySerializer(QuerySerializer):
+    """Query parameters of the task list (an empty value is a 400: kernel.serializers)."""
 
     status = serializers.ChoiceField(choices=["pending", "processing", "done", "failed", "cancelled"], required=False)
     cursor = serializers.CharField(required=False, max_length=200)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=20)
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        blank: dict[str, list[str]] = {
-            str(name): ["This field may not be blank."] for name in self.fields if data.get(name) == ""
-        }
-        if blank:
-            raise serializers.ValidationError(blank)
-        return super().to_internal_value(data)
 
 
 class TaskPageSerializer(serializers.Serializer[dict[str, Any]]):
