@@ -338,6 +338,13 @@ if RATE_LIMIT_WINDOW_S < 1:
     _config_errors.append("RATE_LIMIT_WINDOW_S must be at least 1")
 if not re.fullmatch(r"\s*([^=,\s]+\s*=\s*\d+(:\d+)?\s*(,\s*|$))*", LLM_MODEL_LIMITS):
     _config_errors.append(f"LLM_MODEL_LIMITS must read model=calls[:tokens_per_minute],... (got {LLM_MODEL_LIMITS!r})")
+# The wait runs inside the call's deadlines: a wait that outlasts the soft limit would
+# time the task out instead of handing it back to the gate, and past the hard limit the
+# call is abandoned (and enough of them stop the worker).
+if LLM_SLOT_WAIT_S >= TASK_SOFT_TIME_LIMIT:
+    _config_errors.append(
+        f"LLM_SLOT_WAIT_S ({LLM_SLOT_WAIT_S}) must be less than TASK_SOFT_TIME_LIMIT ({TASK_SOFT_TIME_LIMIT})"
+    )
 if LLM_SLOT_TTL_S < 3:
     _config_errors.append("LLM_SLOT_TTL_S must be at least 3 (holders renew every third of it)")
 QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)
