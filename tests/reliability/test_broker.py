@@ -75,3 +75,27 @@ def test_submits_while_redis_is_down_are_accepted_and_run_once_it_is_back(
         measured.append(
             f"redis down: 50 submits answered 202 in {submit_s:.1f} s; all 50 done {took:.0f} s after Redis came back"
         )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="defect: the outbox marks an event published once the broker took its kernel.handle_event "
+    "messages; a broker that loses them (Redis restarted empty) loses the event for its consumers",
+)
+def test_events_waiting_for_their_consumers_survive_a_redis_restart(servers: Servers) -> None:
+    with running(servers, **FAST_SWEEPER) as (stack, db):
+        key = stack.api_key(f"eventloss-{uuid.uuid4().hex[:6]}")
+        # The consumers lag (worker-low stops reading): the finished events wait in the broker.
+        stack.signal("worker-low", signal.SIGSTOP)
+        ids = accepted_ids(stack.submit(key, [f"events {n} {uuid.uuid4()}" for n in range(20)]))
+        wait_until(lambda: terminal(db, ids), 60, 0.5, "every task terminal")
+        relayed = (
+            "SELECT count(*) FROM kernel_outboxevent WHERE published_at IS NOT NULL "
+            "AND (payload->>'task_id')::uuid = ANY(%s::uuid[])"
+        )
+        wait_until(lambda: db.scalar(relayed, ids) == len(ids), 30, 0.5, "every event relayed")
+        servers.redis.stop()
+        servers.redis.start()
+        stack.signal("worker-low", signal.SIGCONT)
+        assert_exactly_once(db, ids, timeout=20)
