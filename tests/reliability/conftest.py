@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.reliability.stack import Servers, migrate
+from tests.reliability.stack import Servers, create_api_key, migrate
 
 MEASURED: list[str] = []  # recovery times, printed in the terminal summary
 
@@ -21,6 +21,13 @@ def servers() -> Iterator[Servers]:
         yield servers
     finally:
         servers.stop()
+
+
+@pytest.fixture(scope="session")
+def api_key(servers: Servers) -> str:
+    """One organization's key for every scenario: each counts only the tasks it submitted,
+    and the production rate limits (600 requests a minute per key) leave room for them."""
+    return create_api_key(servers, "reliability")
 
 
 @pytest.fixture

@@ -144,9 +144,13 @@ class Servers:
         scratch = Path(tempfile.mkdtemp(prefix="sy-reliability-"))
         scratch.chmod(0o755)
         servers = cls(Postgres(scratch / "pg"), Redis(scratch / "redis"), scratch)
-        servers.postgres.start()
-        servers.postgres.create_database(servers.database)
-        servers.redis.start()
+        try:
+            servers.postgres.start()
+            servers.postgres.create_database(servers.database)
+            servers.redis.start()
+        except BaseException:
+            servers.stop()  # nothing left running when one of them cannot start
+            raise
         return servers
 
     def stop(self) -> None:
@@ -197,6 +201,13 @@ def base_env(servers: Servers) -> dict[str, str]:
 def migrate(servers: Servers) -> None:
     env = base_env(servers)
     subprocess.run([SWITCHYARD, "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+def create_api_key(servers: Servers, name: str) -> str:
+    """A new organization with one API key, made by the production command."""
+    command = [SWITCHYARD, "manage", "create_api_key", f"{name}@reliability.test", "--org", name]
+    result = subprocess.run(command, cwd=ROOT, env=base_env(servers), check=True, capture_output=True, text=True)
+    return result.stdout.strip().splitlines()[-1]
 
 
 class Database:
@@ -310,15 +321,6 @@ class Stack:
                 self.signal(role, signal.SIGKILL)
                 process.wait(timeout=10)
             self.signal(role, signal.SIGKILL)  # children the leader left behind
-
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(
-            [SWITCHYARD, "manage", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
-        )
-        return result.stdout
-
-    def api_key(self, name: str) -> str:
-        return self.manage("create_api_key", f"{name}@reliability.test", "--org", name).strip().splitlines()[-1]
 
     def submit(self, key: str, prompts: Iterable[str], *, threads: int = 8, timeout: float = 30) -> list[Response]:
         """POST each prompt (max_tokens 40, cache off) from a few client threads."""

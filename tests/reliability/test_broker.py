@@ -22,12 +22,13 @@ pytestmark = pytest.mark.reliability
 FAST_SWEEPER = {"SWEEPER_INTERVAL_S": "2", "SWEEPER_PENDING_GRACE_S": "3", "FAKE_LLM_LATENCY_MS": "300"}
 
 
-def test_redis_restarted_empty_with_200_queued_runs_every_task_once(servers: Servers, measured: list[str]) -> None:
+def test_redis_restarted_empty_with_200_queued_runs_every_task_once(
+    servers: Servers, api_key: str, measured: list[str]
+) -> None:
     with running(servers, **FAST_SWEEPER, WORKER_DEFAULT_CONCURRENCY="50") as (stack, db):
-        key = stack.api_key(f"redisloss-{uuid.uuid4().hex[:6]}")
         # The pool stops reading: the gate fills the broker up to its window and holds the rest.
         stack.signal("worker-default", signal.SIGSTOP)
-        ids = accepted_ids(stack.submit(key, [f"loss {n} {uuid.uuid4()}" for n in range(200)]))
+        ids = accepted_ids(stack.submit(api_key, [f"loss {n} {uuid.uuid4()}" for n in range(200)]))
         sent = int(
             db.scalar("SELECT count(*) FROM llm_aitask WHERE id = ANY(%s::uuid[]) AND dispatched_at IS NOT NULL", ids)
         )
@@ -54,13 +55,12 @@ def test_redis_restarted_empty_with_200_queued_runs_every_task_once(servers: Ser
 
 
 def test_submits_while_redis_is_down_are_accepted_and_run_once_it_is_back(
-    servers: Servers, measured: list[str]
+    servers: Servers, api_key: str, measured: list[str]
 ) -> None:
     with running(servers, **FAST_SWEEPER) as (stack, db):
-        key = stack.api_key(f"redisdown-{uuid.uuid4().hex[:6]}")
         servers.redis.stop()
         started = time.monotonic()
-        responses = stack.submit(key, [f"down {n} {uuid.uuid4()}" for n in range(50)])
+        responses = stack.submit(api_key, [f"down {n} {uuid.uuid4()}" for n in range(50)])
         submit_s = time.monotonic() - started
         assert {r.status_code for r in responses} == {202}, {r.status_code: r.text[:200] for r in responses}
         ids = accepted_ids(responses)
@@ -83,12 +83,11 @@ def test_submits_while_redis_is_down_are_accepted_and_run_once_it_is_back(
     reason="defect: the outbox marks an event published once the broker took its kernel.handle_event "
     "messages; a broker that loses them (Redis restarted empty) loses the event for its consumers",
 )
-def test_events_waiting_for_their_consumers_survive_a_redis_restart(servers: Servers) -> None:
+def test_events_waiting_for_their_consumers_survive_a_redis_restart(servers: Servers, api_key: str) -> None:
     with running(servers, **FAST_SWEEPER) as (stack, db):
-        key = stack.api_key(f"eventloss-{uuid.uuid4().hex[:6]}")
         # The consumers lag (worker-low stops reading): the finished events wait in the broker.
         stack.signal("worker-low", signal.SIGSTOP)
-        ids = accepted_ids(stack.submit(key, [f"events {n} {uuid.uuid4()}" for n in range(20)]))
+        ids = accepted_ids(stack.submit(api_key, [f"events {n} {uuid.uuid4()}" for n in range(20)]))
         wait_until(lambda: terminal(db, ids), 60, 0.5, "every task terminal")
         relayed = (
             "SELECT count(*) FROM kernel_outboxevent WHERE published_at IS NOT NULL "

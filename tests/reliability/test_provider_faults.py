@@ -42,13 +42,12 @@ SHORT_LIMITS = {
 
 
 def test_provider_fault_mix_ends_each_class_in_its_state_with_its_attempts(
-    servers: Servers, measured: list[str]
+    servers: Servers, api_key: str, measured: list[str]
 ) -> None:
     with running(servers, **SHORT_LIMITS) as (stack, db):
-        key = stack.api_key(f"faults-{uuid.uuid4().hex[:6]}")
         prompts = [(d, f"fault {d} {n} {uuid.uuid4()}") for n in range(PER_CLASS) for d in CLASSES]
         started = time.monotonic()
-        ids = accepted_ids(stack.submit(key, [p for _, p in prompts]))
+        ids = accepted_ids(stack.submit(api_key, [p for _, p in prompts]))
         by_class = {d: [i for i, (dd, _) in zip(ids, prompts, strict=True) if dd == d] for d in CLASSES}
         wait_until(lambda: terminal(db, ids), 180, 1, "every task of the mix terminal")
         took = time.monotonic() - started

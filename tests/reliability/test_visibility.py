@@ -36,14 +36,13 @@ SHORT_VISIBILITY = {
 
 
 def test_a_message_redelivered_after_the_visibility_timeout_runs_its_task_once(
-    servers: Servers, measured: list[str]
+    servers: Servers, api_key: str, measured: list[str]
 ) -> None:
     with running(servers, **SHORT_VISIBILITY) as (stack, db):
-        key = stack.api_key(f"visibility-{uuid.uuid4().hex[:6]}")
         broker = servers.redis.client(0)
         # The pool stops reading for a moment, so the row can be locked before its claim.
         stack.signal("worker-default", signal.SIGSTOP)
-        [task_id] = accepted_ids(stack.submit(key, [f"visibility {uuid.uuid4()}"]))
+        [task_id] = accepted_ids(stack.submit(api_key, [f"visibility {uuid.uuid4()}"]))
         with psycopg.connect(servers.database_url) as lock:
             lock.execute("SELECT id FROM llm_aitask WHERE id = %s FOR UPDATE", [task_id])
             stack.signal("worker-default", signal.SIGCONT)
