@@ -11,12 +11,13 @@ PYTEST := $(BIN)/pytest --ds=config.settings_test
 # `make lock` writes it from pyproject.toml; the venv installs it and nothing else.
 LOCK := requirements/runtime.txt requirements/dev.txt
 
-.PHONY: help venv lock lock-check lint-docker migrations-check k8s-check run test test-fast test-slow test-pgbouncer lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
+.PHONY: help venv lock lock-check lint-docker migrations-check k8s-check run test test-fast test-slow test-pgbouncer test-reliability lint format typecheck imports openapi openapi-check pytest pytest-slow migrate bench bench-quick clean
 
 help:
 	@echo "make run     - run web + stream + three worker pools + beat with the fake provider (prints a demo API key)"
 	@echo "make test    - ruff, mypy, lint-imports, OpenAPI drift, migration checks, the whole pytest suite"
 	@echo "make test-fast / test-slow - the suite without / only the tests that start workers and servers"
+	@echo "make test-reliability - the fault scenarios on a whole stack with its own PostgreSQL and Redis (docs/reliability.md)"
 	@echo "make openapi - regenerate contracts/openapi.yaml;  make bench - run benchmarks (bench-quick: smaller counts)"
 	@echo "make lock    - re-resolve requirements/*.txt from pyproject.toml (after adding or changing a pin)"
 	@echo "make test-pgbouncer - the API, llm and pipeline tests through a real PgBouncer (transaction mode)"
@@ -81,7 +82,7 @@ openapi-check: venv
 
 pytest: venv
 	scripts/ensure-services.sh
-	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not reliability" $(PYTEST_ARGS)
 
 pytest-slow: venv
 	scripts/ensure-services.sh
@@ -91,9 +92,15 @@ test-fast: lock-check lint lint-docker k8s-check typecheck imports openapi-check
 
 test-slow: pytest-slow
 
+# Every fault scenario (tests/reliability, docs/reliability.md), over a PostgreSQL and a Redis of its own
+# on free ports (started by the tests); `make test` runs only the ones marked reliability_fast.
+test-reliability: venv
+	scripts/ensure-services.sh
+	$(PYTEST) -m reliability tests/reliability $(PYTEST_ARGS)
+
 test: lock-check lint lint-docker k8s-check typecheck imports openapi-check migrations-check
 	scripts/ensure-services.sh
-	$(PYTEST) --create-db $(PYTEST_ARGS)
+	$(PYTEST) --create-db -m "not reliability or reliability_fast" $(PYTEST_ARGS)
 
 # Installs Debian's pgbouncer when missing, starts it on a free port in front of the test
 # database (transaction pooling, DATABASE_POOLED=true) and runs the suites through it.

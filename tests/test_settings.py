@@ -125,6 +125,11 @@ def test_fail_fast_writes_one_line_and_exits_2(capsys: pytest.CaptureFixture[str
             "TASK_TIME_LIMIT (120) must be less than CELERY_VISIBILITY_TIMEOUT (60)",
             id="visibility-below-hard-limit",
         ),
+        pytest.param(
+            {"LLM_HTTP_TIMEOUT": "2", "TASK_SOFT_TIME_LIMIT": "4", "TASK_TIME_LIMIT": "6", "LLM_SLOT_WAIT_S": "5"},
+            "LLM_SLOT_WAIT_S (5.0) must be less than TASK_SOFT_TIME_LIMIT (4)",
+            id="slot-wait-outlasts-soft-limit",
+        ),
         pytest.param({"LLM_PROVIDER": "bogus"}, "LLM_PROVIDER must be fake, anthropic, openai", id="unknown-provider"),
         pytest.param(
             {"LLM_PROVIDER": "anthropic"}, "ANTHROPIC_API_KEY is required when LLM_PROVIDER=anthropic", id="no-anth-key"

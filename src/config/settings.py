@@ -335,7 +335,9 @@ if DEBUG and not WEBHOOK_SIGNING_SECRETS:
     WEBHOOK_SIGNING_SECRETS = [f"webhook:{SECRET_KEY}"]  # development only: DEBUG is on
 SWEEPER_BATCH_SIZE = env.int("SWEEPER_BATCH_SIZE", default=500)
 SWEEPER_INTERVAL_S = env.float("SWEEPER_INTERVAL_S", default=30.0)
-SWEEPER_PENDING_GRACE_S = env.int("SWEEPER_PENDING_GRACE_S", default=60)
+# A message sent but not started within this is sent again (each task less often): with the
+# gate the broker holds about one pool's worth, so half a minute is long enough.
+SWEEPER_PENDING_GRACE_S = env.int("SWEEPER_PENDING_GRACE_S", default=30)
 
 # ---------------------------------------------------------------------------------------
 # Billing
@@ -413,6 +415,13 @@ if not re.fullmatch(r"\s*([^=,\s]+\s*=\s*\d+(:\d+)?\s*(,\s*|$))*", LLM_MODEL_LIM
     _config_errors.append(f"LLM_MODEL_LIMITS must read model=calls[:tokens_per_minute],... (got {LLM_MODEL_LIMITS!r})")
 if LLM_BREAKER_FAILURES < 1 or LLM_BREAKER_WINDOW_S < 1 or LLM_BREAKER_COOLDOWN_S < 1:
     _config_errors.append("LLM_BREAKER_FAILURES, LLM_BREAKER_WINDOW_S and LLM_BREAKER_COOLDOWN_S must be at least 1")
+# The wait runs inside the call's deadlines: a wait that outlasts the soft limit would
+# time the task out instead of handing it back to the gate, and past the hard limit the
+# call is abandoned (and enough of them stop the worker).
+if LLM_SLOT_WAIT_S >= TASK_SOFT_TIME_LIMIT:
+    _config_errors.append(
+        f"LLM_SLOT_WAIT_S ({LLM_SLOT_WAIT_S}) must be less than TASK_SOFT_TIME_LIMIT ({TASK_SOFT_TIME_LIMIT})"
+    )
 if LLM_SLOT_TTL_S < 3:
     _config_errors.append("LLM_SLOT_TTL_S must be at least 3 (holders renew every third of it)")
 QUERY_BUDGET_DEFAULT = env.int("QUERY_BUDGET_DEFAULT", default=25)

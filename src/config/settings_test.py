@@ -29,6 +29,7 @@ os.environ.setdefault("LLM_HTTP_TIMEOUT", "2")
 os.environ.setdefault("TASK_SOFT_TIME_LIMIT", "4")
 os.environ.setdefault("TASK_TIME_LIMIT", "6")
 os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "10")
+os.environ.setdefault("LLM_SLOT_WAIT_S", "3")  # inside the soft limit, as 5 s is inside 90 s
 os.environ.setdefault("TASK_LEASE_SECONDS", "6")
 os.environ.setdefault("TASK_HEARTBEAT_S", "2")
 os.environ.setdefault("TASK_RETRY_BACKOFF_S", "0.2")

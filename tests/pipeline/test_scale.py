@@ -73,7 +73,7 @@ def test_tasks_of_a_sigkilled_worker_run_again_within_90_s_with_the_default_leas
         "TASK_LEASE_SECONDS": "30",
         "TASK_HEARTBEAT_S": "10",
         "SWEEPER_INTERVAL_S": "30",
-        "SWEEPER_PENDING_GRACE_S": "60",
+        "SWEEPER_PENDING_GRACE_S": "30",
         "WORKER_CONCURRENCY": "8",
     }
     start_worker("priority", **defaults)  # runs the sweeper

@@ -135,7 +135,9 @@ def _attempt(task: AITask) -> Outcome:
     try:
         # A slot of the model's calls in flight (and its tokens per minute), shared by every
         # worker; while the provider pushes back (429) no slot is handed out.
-        with provider_slot(model, timeout_s=settings.LLM_SLOT_WAIT_S, tokens=estimate) as slot, guarded(guard):
+        # The wait stays well inside the soft deadline: no slot in time hands the task back.
+        wait = min(settings.LLM_SLOT_WAIT_S, max(call.soft_deadline - time.monotonic(), 0) / 2)
+        with provider_slot(model, timeout_s=wait, tokens=estimate) as slot, guarded(guard):
             completion = _run(get_provider().stream(request), task, produced)
             slot.record_tokens(completion.input_tokens + completion.output_tokens)
     except ProviderBusy as exc:
