@@ -333,6 +333,9 @@ _config_errors += validate_secrets(
 )
 if DEBUG and not WEBHOOK_SIGNING_SECRETS:
     WEBHOOK_SIGNING_SECRETS = [f"webhook:{SECRET_KEY}"]  # development only: DEBUG is on
+# An event delivery (one subscriber's message) not confirmed by its handler within this is
+# sent again, each one less often (a broker restarted empty loses messages, not events).
+OUTBOX_REDELIVER_AFTER_S = env.float("OUTBOX_REDELIVER_AFTER_S", default=300.0)
 SWEEPER_BATCH_SIZE = env.int("SWEEPER_BATCH_SIZE", default=500)
 SWEEPER_INTERVAL_S = env.float("SWEEPER_INTERVAL_S", default=30.0)
 # A message sent but not started within this is sent again (each task less often): with the

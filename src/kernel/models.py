@@ -28,6 +28,29 @@ class OutboxEvent(models.Model):
         return f"{self.event_type} {self.event_id}"
 
 
+class EventDelivery(models.Model):
+    """One subscriber's copy of one event: sent by the relay, confirmed by the handler's
+    task when it has handled it (or dead-lettered it). A broker that loses the message
+    (Redis restarted empty) leaves the delivery unconfirmed, and the relay sends it again."""
+
+    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, related_name="deliveries")
+    handler = models.CharField(max_length=200)
+    sent_at = models.DateTimeField()
+    sends = models.PositiveIntegerField(default=1, db_default=1)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["event", "handler"], name="eventdelivery_once")]
+        indexes = [
+            models.Index(
+                fields=["sent_at"], name="eventdelivery_unconfirmed", condition=models.Q(confirmed_at__isnull=True)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} <- {self.event_id}"
+
+
 class EventDeadLetter(models.Model):
     """An event one subscriber could not handle: its last retry failed, or no retry
     could help (an event type or payload this release does not know). One row per

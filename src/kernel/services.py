@@ -19,14 +19,17 @@ from uuid import UUID
 
 import structlog
 from celery import Celery, current_app
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import BooleanField, F
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from pydantic import ValidationError
 
 from contracts.events import EVENT_TYPES, DomainEvent
 from kernel.errors import ConflictError, DomainError, NotFoundError
-from kernel.models import EventDeadLetter, IdempotencyRecord, OutboxEvent
+from kernel.models import EventDeadLetter, EventDelivery, IdempotencyRecord, OutboxEvent
 
 log = structlog.get_logger(__name__)
 
@@ -67,10 +70,13 @@ def _kick_relay() -> None:
 
 
 def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
-    """Publish up to ``batch_size`` unpublished events; return how many were published.
+    """Publish up to ``batch_size`` unpublished events, one message per subscriber, and
+    send again the deliveries nobody confirmed in time (a broker that lost them); return
+    how many events were published.
 
     Rows are locked with SKIP LOCKED, so overlapping relays never publish one event twice
-    from the same batch; a crash between publish and commit may republish (at least once).
+    from the same batch; a crash between publish and commit may republish (at least once:
+    handlers are idempotent by event id).
     """
     app = app or current_app
     published = 0
@@ -81,8 +87,9 @@ def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
             .order_by("created_at")[:batch_size]
         )
         for event in events:
+            handlers = event_subscribers(event.event_type)
             try:
-                for handler in event_subscribers(event.event_type):
+                for handler in handlers:
                     app.send_task(HANDLE_EVENT, args=[handler, event.event_type, event.payload])
             except Exception as exc:  # broker down: keep it for the next relay
                 OutboxEvent.objects.filter(pk=event.pk).update(
@@ -90,9 +97,56 @@ def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
                 )
                 log.warning("outbox_publish_failed", event_id=str(event.event_id), error=type(exc).__name__)
                 break
-            OutboxEvent.objects.filter(pk=event.pk).update(published_at=timezone.now(), attempts=event.attempts + 1)
+            now = timezone.now()
+            OutboxEvent.objects.filter(pk=event.pk).update(published_at=now, attempts=event.attempts + 1)
+            EventDelivery.objects.bulk_create(
+                [EventDelivery(event=event, handler=handler, sent_at=now) for handler in handlers],
+                ignore_conflicts=True,
+            )
             published += 1
+    _redeliver_unconfirmed(app, batch_size=batch_size)
     return published
+
+
+def _redeliver_unconfirmed(app: Celery, *, batch_size: int) -> int:
+    """Deliveries sent ``OUTBOX_REDELIVER_AFTER_S`` x 2^(sends - 1) ago (at most an hour
+    between two sends) and still unconfirmed: the broker lost them, or their handler is
+    still retrying (a copy is harmless then: handlers are idempotent)."""
+    base = settings.OUTBOX_REDELIVER_AFTER_S
+    due = RawSQL(
+        "sent_at + make_interval(secs => least(%s * power(2, least(sends - 1, 12)), 3600)) <= now()",
+        (base,),
+        output_field=BooleanField(),
+    )
+    resent = 0
+    with transaction.atomic():
+        deliveries = list(
+            EventDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("event")
+            .filter(confirmed_at__isnull=True)
+            .filter(due)
+            .order_by("sent_at")[:batch_size]
+        )
+        for delivery in deliveries:
+            try:
+                app.send_task(HANDLE_EVENT, args=[delivery.handler, delivery.event.event_type, delivery.event.payload])
+            except Exception as exc:
+                log.warning("outbox_redeliver_failed", event_id=str(delivery.event.event_id), error=type(exc).__name__)
+                break
+            EventDelivery.objects.filter(pk=delivery.pk).update(sent_at=timezone.now(), sends=F("sends") + 1)
+            resent += 1
+    if resent:
+        log.info("outbox_redelivered", deliveries=resent)
+    return resent
+
+
+def event_delivery_confirm(*, handler: str, payload: dict[str, Any]) -> None:
+    """The handler's task is done with this event (handled, or dead-lettered)."""
+    event_id = _event_id(payload)
+    if event_id is not None:
+        EventDelivery.objects.filter(event__event_id=event_id, handler=handler, confirmed_at__isnull=True).update(
+            confirmed_at=timezone.now()
+        )
 
 
 class EventNotHandleable(Exception):

@@ -35,11 +35,13 @@ def handle_event_task(self: Task, handler: str, event_type: str, payload: dict[s
             services.event_dead_letter(
                 handler=handler, event_type=event_type, payload=payload, attempts=retries + 1, error=_describe(exc)
             )
+            services.event_delivery_confirm(handler=handler, payload=payload)
             return
         countdown = get_exponential_backoff_interval(
             EVENT_RETRY_BACKOFF_S, retries, EVENT_RETRY_BACKOFF_MAX_S, full_jitter=True
         )
         raise self.retry(exc=exc, countdown=countdown, max_retries=EVENT_HANDLER_MAX_RETRIES) from exc
+    services.event_delivery_confirm(handler=handler, payload=payload)
 
 
 def _describe(exc: BaseException) -> str:

@@ -108,3 +108,41 @@ def test_handler_receives_the_typed_event(subscribed) -> None:
     with pytest.raises(services.EventNotHandleable):  # the task dead-letters it
         services.event_handle(handler=HANDLER, event_type="unknown.type", payload={})
     assert len(handlers.received) == 1
+
+
+def test_a_delivery_the_broker_lost_is_sent_again_until_its_handler_confirms(subscribed, settings, broker) -> None:
+    """The relay records one delivery per subscriber; a delivery nobody confirmed in time
+    (Redis restarted empty lost the message) is sent again, less and less often; the
+    handler's task confirms it and the re-sends stop."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from kernel.models import EventDelivery
+    from kernel.tasks import handle_event_task
+
+    settings.OUTBOX_REDELIVER_AFTER_S = 10
+    event = make_event()
+    services.event_publish(event)
+    assert services.outbox_relay() == 1
+    deliveries = EventDelivery.objects.filter(event__event_id=event.event_id)
+    assert {d.handler for d in deliveries} == set(services.event_subscribers(event.event_type))
+    broker.clear("low")  # the broker lost every message
+    assert services.outbox_relay() == 0 and broker.calls("low") == []  # not due yet
+    deliveries.update(sent_at=timezone.now() - timedelta(seconds=11))
+    assert services.outbox_relay() == 0
+    resent = broker.calls("low")
+    assert sorted(args[0] for _, args in resent) == sorted(d.handler for d in deliveries)
+    assert {d.sends for d in deliveries.all()} == {2}
+    # The second copy waits twice as long.
+    broker.clear("low")
+    deliveries.update(sent_at=timezone.now() - timedelta(seconds=15))
+    services.outbox_relay()
+    assert broker.calls("low") == []
+    # The handler runs (from the re-sent copy) and confirms: nothing is sent any more.
+    handle_event_task.apply(args=[HANDLER, event.event_type, event.model_dump(mode="json")])
+    mine = deliveries.get(handler=HANDLER)
+    assert mine.confirmed_at is not None
+    deliveries.update(sent_at=timezone.now() - timedelta(hours=2))
+    services.outbox_relay()
+    assert HANDLER not in [args[0] for _, args in broker.calls("low")]

@@ -260,7 +260,10 @@ class Stack:
 
     def start(self, *roles: str, **extra: str) -> None:
         for role in roles or ROLES:
-            env = {**self.env, **extra, "PORT": str(self.web_port)}
+            # Like honcho and the image: each process its own PORT (a worker serves its
+            # metrics there), the web role the one the tests call.
+            port = self.web_port if role == "web" else free_port()
+            env = {**self.env, **extra, "PORT": str(port)}
             self.restarts[role] = self.restarts.get(role, -1) + 1
             log = self.servers.scratch / f"{role}-{self.web_port}-{self.restarts[role]}.log"
             self.logs[role] = log
