@@ -64,7 +64,7 @@ MIDDLEWARE = [
     "kernel.middleware.HealthProbeMiddleware",  # before anything reads the Host header
     "kernel.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "kernel.middleware.StaticFilesMiddleware",  # WhiteNoise, async-capable (an SSE stream holds no thread)
     "kernel.middleware.QueryBudgetMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
