@@ -52,6 +52,10 @@ class Sizes:
     priority_backlog: int = 2_000
     priority_batch: int = 200
     priority_deadline_s: float = 60
+    sse_clients: int = 1_000
+    sse_latency_ms: int = 60_000  # the streams stay open through both load phases
+    sse_seconds: int = 15
+    sse_ramp: float = 100.0  # new SSE connections per second
 
 
 QUICK = Sizes(
@@ -69,6 +73,8 @@ QUICK = Sizes(
     priority_backlog=400,
     priority_batch=40,
     priority_deadline_s=15,
+    sse_latency_ms=40_000,
+    sse_seconds=6,
 )
 
 
