@@ -34,7 +34,7 @@ from bench import wrk
 from bench.capacity import BODY
 from bench.run import prepare
 from bench.scenarios import client
-from bench.stack import ROOT, Stack, free_port, group_pids, running
+from bench.stack import ROOT, Stack, free_port, group_cpu_s, group_pids, running
 
 RESULTS = ROOT / "bench" / "results"
 ROLES = ("web", "worker-priority", "worker-default", "worker-low", "beat")
@@ -47,12 +47,16 @@ def py_spy() -> str:
     return found
 
 
-def record(pids: list[int], seconds: int, out: Path) -> list[subprocess.Popen[bytes]]:
-    """One py-spy per gunicorn worker (raw collapsed stacks, 250 samples/s, idle frames off)."""
+def record(pids: list[int], seconds: int, out: Path, *, on_cpu: bool = False) -> list[subprocess.Popen[bytes]]:
+    """One py-spy per gunicorn worker (raw collapsed stacks). By default without pausing
+    the process (``--nonblocking``, 250 samples/s), where a thread waiting in a C call
+    (psycopg's wait, a socket read) is sampled too: wall time. ``on_cpu``: py-spy pauses
+    the process per sample (100/s) and can tell idle threads apart: CPU time only."""
+    mode = ["--rate", "100"] if on_cpu else ["--rate", "250", "--nonblocking"]
     return [
         subprocess.Popen(
-            [py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
-             "--format", "raw", "--output", f"{out}.{pid}.raw", "--nonblocking"],
+            [py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), *mode,
+             "--format", "raw", "--output", f"{out}.{pid}.raw"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -153,9 +157,14 @@ def compare(stack: Stack, key: str, tree: Path, *, rounds: int, seconds: int, co
         for url, body in targets.values():  # warm every worker of both servers
             wrk.run(url, seconds=4, connections=16, script=body)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        groups = {"after": stack.pgid("web"), "before": process.pid, "floor": stack.pgid("web")}
+        cpu_ms: dict[str, list[float]] = {name: [] for name in targets}  # web CPU per answered request
         for _ in range(rounds):
             for name, (url, body) in targets.items():
-                results[name].append(wrk.run(url, seconds=seconds, connections=connections, script=body))
+                used = group_cpu_s(groups[name])
+                result = wrk.run(url, seconds=seconds, connections=connections, script=body)
+                cpu_ms[name].append(1000 * (group_cpu_s(groups[name]) - used) / max(result["requests"], 1))
+                results[name].append(result)
         open_loop = {
             name: client("open", f"{base}/api/v1/ai-tasks/", "--key", key, "--rate", "100", "--seconds", "10",
                          "--batch", f"compare-{name}")
@@ -169,7 +178,8 @@ def compare(stack: Stack, key: str, tree: Path, *, rounds: int, seconds: int, co
         rates = ", ".join(f"{r['rps']:.1f}" for r in runs)
         p95 = ", ".join(f"{r['p95_ms']:.0f}" for r in runs)
         errors = sum(r["errors"] for r in runs)
-        lines.append(f"  {name:6}  rate {rates}  | p95 ms {p95} | errors {errors:.0f}")
+        cpu = sum(cpu_ms[name]) / len(cpu_ms[name])
+        lines.append(f"  {name:6}  rate {rates}  | p95 ms {p95} | errors {errors:.0f} | web CPU {cpu:.1f} ms/request")
     mean = {name: sum(r["rps"] for r in runs) / len(runs) for name, runs in results.items()}
     lines.append(f"  mean: after {mean['after']:.1f}, before {mean['before']:.1f}, floor {mean['floor']:.1f} req/s")
     lines.append(
@@ -199,6 +209,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--compare", type=Path, help="a work tree of the code before the change")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--on-cpu", action="store_true", help="CPU time only (py-spy pauses the process per sample)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     keys = prepare()
@@ -210,7 +221,7 @@ def main() -> int:
         wrk.run(url, seconds=6, connections=16, script=script)
         master = stack.pgid("web")
         workers = [pid for pid in group_pids(master) if pid != master]
-        spies = record(workers, args.seconds, base)
+        spies = record(workers, args.seconds, base, on_cpu=args.on_cpu)
         time.sleep(0.5)
         result = wrk.run(url, seconds=args.seconds - 1, connections=args.connections, script=script)
         for spy in spies:

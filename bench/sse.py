@@ -127,7 +127,7 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                note=f"{fan['events']} live events, p99 {fan['delay_p99_ms']:.0f} ms"),
         Figure(s, "event delivery delay p95", fan["delay_p95_ms"], "ms"),
         Figure(s, "threads of the stream process while the clients are held", stream_threads, "threads",
-               note="an open stream holds no thread: a few event-loop and executor threads"),
+               note="Django's ASGI handler keeps one idle executor thread per open request (docs/benchmarks.md)"),
         Figure(s, "stream process CPU while the clients are held", 100 * stream_busy, "% of a core",
                note=f"RSS {stream_memory.rss_mib:.0f} MiB; connect p50 {fan['connect_p50_ms']:.0f} / "
                f"p95 {fan['connect_p95_ms']:.0f} ms at {sizes.sse_ramp:.0f}/s"),

@@ -189,7 +189,7 @@ def StaticFilesMiddleware(get_response: Handler) -> Handler:  # noqa: N802
     threads for 1,000 clients). Under ASGI this serves a static file directly (WhiteNoise
     looks it up in memory; with autorefresh, in a thread) and awaits the view otherwise.
     """
-    from whitenoise.middleware import WhiteNoiseMiddleware
+    from whitenoise.middleware import WhiteNoiseMiddleware  # type: ignore[import-untyped]
 
     whitenoise = WhiteNoiseMiddleware(get_response)
     if not iscoroutinefunction(get_response):

@@ -40,7 +40,7 @@ def test_under_asgi_a_static_file_is_served_and_anything_else_awaits_the_view(tm
     factory = RequestFactory()
     static = async_to_sync(middleware)(factory.get("/static/app.css"))
     assert static.status_code == 200
-    assert b"".join(static.streaming_content) == b"body { color: teal; }"  # type: ignore[attr-defined]
+    assert b"".join(static.streaming_content) == b"body { color: teal; }"
     other = async_to_sync(middleware)(factory.get("/api/v1/ai-tasks/"))
     assert other.content == b"from the view"
     assert seen == ["/api/v1/ai-tasks/"]
