@@ -44,8 +44,10 @@ class Sizes:
     capacity_latency_ms: int = 5_000
     capacity_seconds: int = 30
     capacity_rounds: int = 2
-    open_loop_rates: tuple[float, ...] = (100.0, 200.0)
-    open_loop_seconds: float = 20
+    # 200 req/s offered against a platform answering ~10 req/s on the loaded 2-core machine
+    # kept the client itself busy for over 15 minutes (4,000 requests queued): 100 only.
+    open_loop_rates: tuple[float, ...] = (100.0,)
+    open_loop_seconds: float = 10
     dispatch_tasks: int = 500
     dispatch_rate: float = 10.0
     dispatch_latency_ms: int = 100
