@@ -7,7 +7,7 @@ separate processes (wrk; an asyncio httpx client), prints every figure with its 
 and "met" / "missed by X", and writes ``bench/results/<date>.json`` plus a markdown
 table that ``docs/benchmarks.md`` shows. It asserts nothing: it reports.
 
-Scenarios (in this order): inflight, memory, fairness, submit, dispatch, priority; ``serving``
+Scenarios (in this order): inflight, memory, fairness, submit, dispatch, priority, sse; ``serving``
 (WSGI against ASGI) runs only when named.
 
 Usage: make bench | make bench-quick | python -m bench.run [--quick] [--scenario NAME ...]
@@ -31,6 +31,7 @@ from bench.priority import priority
 from bench.report import Figure
 from bench.scenarios import QUICK, Keys, Sizes, dispatch, fairness, inflight, memory
 from bench.serving import serving
+from bench.sse import sse
 from bench.stack import DB, ROOT, SWITCHYARD, Database, base_env, manage
 
 Scenario = Callable[[Keys, Sizes], tuple[list[Figure], dict[str, Any]]]
@@ -41,9 +42,10 @@ SCENARIOS: dict[str, Scenario] = {
     "submit": capacity,
     "dispatch": dispatch,
     "priority": priority,
+    "sse": sse,
     "serving": serving,
 }
-DEFAULT = ("inflight", "memory", "fairness", "submit", "dispatch", "priority")
+DEFAULT = ("inflight", "memory", "fairness", "submit", "dispatch", "priority", "sse")
 
 
 def prepare() -> Keys:

@@ -175,6 +175,14 @@ class Database:
             )
         )
 
+    def connections_of(self, role: str) -> int:
+        """Connections of one role (each role's DATABASE_URL names it: ``sy-<role>``)."""
+        return int(
+            self.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s", DB, f"sy-{role}"
+            )
+        )
+
     def processing(self) -> int:
         return int(self.scalar("SELECT count(*) FROM llm_aitask WHERE status = 'processing'"))
 
@@ -217,6 +225,8 @@ class Stack:
             env = dict(self.env)
             if role in {"web", "stream"}:
                 env["PORT"] = str(self.web_port if role == "web" else self.stream_port)
+            # Each role names its connections, so pg_stat_activity can count them per role.
+            env["DATABASE_URL"] = f"postgres:///{DB}?application_name=sy-{role}"
             log = _SCRATCH / f"{role}-{time.strftime('%H%M%S')}.log"
             self.logs[role] = log
             self.processes[role] = subprocess.Popen(

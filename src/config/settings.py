@@ -70,7 +70,7 @@ MIDDLEWARE = [
     "kernel.middleware.HeaderCheckMiddleware",
     "kernel.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "kernel.middleware.StaticFilesMiddleware",  # WhiteNoise, async-capable (an SSE stream holds no thread)
     "kernel.middleware.QueryBudgetMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

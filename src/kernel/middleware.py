@@ -282,3 +282,35 @@ def QueryBudgetMiddleware(get_response: Handler) -> Handler:  # noqa: N802
         return response
 
     return middleware
+
+
+@sync_and_async_middleware
+def StaticFilesMiddleware(get_response: Handler) -> Handler:  # noqa: N802
+    """WhiteNoise (static files for the admin and the API docs), async-capable.
+
+    WhiteNoise's own middleware is sync-only, and one sync-only middleware makes Django
+    run the whole chain in a thread under ASGI: every open SSE stream then held a thread
+    of the stream role, blocked until the stream ended (issue 9's fan-out bench: ~700
+    threads for 1,000 clients). Under ASGI this serves a static file directly (WhiteNoise
+    looks it up in memory; with autorefresh, in a thread) and awaits the view otherwise.
+    """
+    from whitenoise.middleware import WhiteNoiseMiddleware  # type: ignore[import-untyped]
+
+    whitenoise = WhiteNoiseMiddleware(get_response)
+    if not iscoroutinefunction(get_response):
+        return whitenoise
+
+    def find(path: str) -> Any:
+        return whitenoise.find_file(path) if whitenoise.autorefresh else whitenoise.files.get(path)
+
+    async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+        if whitenoise.autorefresh:
+            static_file = await sync_to_async(find, thread_sensitive=False)(request.path_info)
+        else:
+            static_file = find(request.path_info)
+        if static_file is not None:
+            return whitenoise.serve(static_file, request)
+        response: HttpResponseBase = await get_response(request)
+        return response
+
+    return amiddleware

@@ -140,7 +140,7 @@ def test_a_delivery_the_broker_lost_is_sent_again_until_its_handler_confirms(sub
     services.outbox_relay()
     assert broker.calls("low") == []
     # The handler runs (from the re-sent copy) and confirms: nothing is sent any more.
-    handle_event_task.apply(args=[HANDLER, event.event_type, event.model_dump(mode="json")])
+    handle_event_task.apply(args=(HANDLER, event.event_type, event.model_dump(mode="json")))
     mine = deliveries.get(handler=HANDLER)
     assert mine.confirmed_at is not None
     deliveries.update(sent_at=timezone.now() - timedelta(hours=2))

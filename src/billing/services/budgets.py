@@ -17,6 +17,7 @@ from django.db.models.functions import Now
 
 from billing import money, selectors
 from billing.models import Budget
+from billing.models import Price as PriceModel
 from billing.models import Reservation as ReservationModel
 from billing.services._common import BudgetExceeded, InvalidBillingRequest, price_row, to_reservation, to_status
 from contracts.billing import BudgetStatus, Reservation, ReservationRequest
@@ -103,34 +104,61 @@ def budget_reserve(request: ReservationRequest) -> Reservation:
         input_usd_per_mtok=price.input_usd_per_mtok,
         output_usd_per_mtok=price.output_usd_per_mtok,
     )
+    # BEGIN when called alone; nothing when the caller's transaction is open already.
+    with transaction.atomic(savepoint=False):
+        outcome = _reserve(request, price, amount)
+    if isinstance(outcome, BudgetExceeded):
+        raise outcome
+    return to_reservation(outcome)
+
+
+def _reserve(request: ReservationRequest, price: PriceModel, amount: Decimal) -> ReservationModel | BudgetExceeded:
+    """Insert the reservation, then hold: the holds' UPDATEs lock the budget rows until
+    the caller's transaction commits and every submit of the organization queues on that
+    lock, so they come last and the caller runs as little as it can after them (issue 9:
+    the profile showed submits waiting on this row). The savepoint is taken before and
+    left open on success (COMMIT releases it), so no RELEASE runs under the lock; a refusal
+    rolls back to it and leaves the caller's transaction usable, as a duplicate does."""
+    org, key = _budgets_for(
+        organization_id=request.organization_id, api_key_id=request.api_key_id, period=money.current_period()
+    )
+    savepoint = transaction.savepoint_create()
     try:
-        with transaction.atomic():
-            org, key = _budgets_for(
-                organization_id=request.organization_id, api_key_id=request.api_key_id, period=money.current_period()
-            )
-            # Always organization first, then key: every writer locks budget rows in the
-            # same order, so concurrent reservations and settlements cannot deadlock.
-            _hold(org, amount)
-            if key is not None:
-                _hold(key, amount)
-            row = ReservationModel.objects.create(
-                organization_id=request.organization_id,
-                api_key_id=request.api_key_id,
-                task_id=request.task_id,
-                model=request.model,
-                amount_usd=amount,
-                input_usd_per_mtok=price.input_usd_per_mtok,
-                output_usd_per_mtok=price.output_usd_per_mtok,
-                org_budget=org,
-                key_budget=key,
-            )
+        row = ReservationModel.objects.create(
+            organization_id=request.organization_id,
+            api_key_id=request.api_key_id,
+            task_id=request.task_id,
+            model=request.model,
+            amount_usd=amount,
+            input_usd_per_mtok=price.input_usd_per_mtok,
+            output_usd_per_mtok=price.output_usd_per_mtok,
+            org_budget=org,
+            key_budget=key,
+        )
     except IntegrityError:
-        # reservation_one_held_per_task: the task holds one already; the holds above rolled back.
+        # reservation_one_held_per_task: the task holds one already; nothing was held.
+        _back_to(savepoint)
         existing = ReservationModel.objects.filter(task_id=request.task_id, status=ReservationModel.Status.HELD).first()
         if existing is None:
             raise
-        return to_reservation(existing)
-    return to_reservation(row)
+        return existing
+    try:
+        # Always organization first, then key: every writer locks budget rows in the
+        # same order, so concurrent reservations and settlements cannot deadlock.
+        _hold(org, amount)
+        if key is not None:
+            _hold(key, amount)
+    except BudgetExceeded as refused:
+        _back_to(savepoint)
+        return refused
+    return row
+
+
+def _back_to(savepoint: str) -> None:
+    """Roll back to ``savepoint``; the transaction is good again from there (the failed
+    INSERT marked it for rollback; the savepoint is the known-good state before it)."""
+    transaction.set_rollback(False)
+    transaction.savepoint_rollback(savepoint)
 
 
 def budget_status(*, organization_id: UUID, api_key_id: UUID | None = None) -> BudgetStatus:

@@ -70,7 +70,13 @@ def task_submit(submission: TaskSubmission) -> AITaskContract:
 
 def _submit_new(submission: TaskSubmission) -> AITaskContract:
     task_id = uuid.uuid4()
+    # Straight to the broker while the queue has room and nobody waits at the gate;
+    # otherwise the task waits there (dispatched_at NULL) for its fair turn. Asked before
+    # the transaction: its count and Redis read must not run under the budget row lock.
+    admitted = gate.admit_at_submit(submission.priority)
     with transaction.atomic():
+        # The budget hold locks the organization's budget row until COMMIT (every submit
+        # of the organization waits on it), so only the task's INSERT runs after it.
         reservation = billing.budget_reserve(
             ReservationRequest(
                 organization_id=submission.organization_id,
@@ -81,9 +87,6 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
                 max_output_tokens=submission.max_tokens,
             )
         )
-        # Straight to the broker while the queue has room and nobody waits at the gate;
-        # otherwise the task waits there (dispatched_at NULL) for its fair turn.
-        admitted = gate.admit_at_submit(submission.priority)
         task = AITask.objects.create(
             id=task_id,
             reservation_id=reservation.id,

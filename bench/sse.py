@@ -1,0 +1,151 @@
+"""Issue 9: SSE fan-out. 1,000 concurrent SSE clients on one stream process (uvicorn,
+``bin/switchyard stream``) while submit load runs at half the platform's capacity.
+
+On one stack (fake calls of ``sse_latency_ms``, streamed one chunk per word):
+
+1. capacity: wrk, closed loop, on ``POST /api/v1/ai-tasks/`` (64 connections);
+2. baseline: open-loop submits at half that rate, no SSE client: submit p95, and the
+   stack's PostgreSQL connections sampled meanwhile;
+3. fan-out: ``sse_clients / 5`` tasks submitted, five clients on each (``bench.sse_client``,
+   its own process) connecting at ``sse_ramp``/s; once all are connected, the same open-loop
+   submit load again: submit p95 against the baseline, event delivery delay (receipt -
+   the event's Redis stream id time) p50/p95, clients held, and the PostgreSQL
+   connections (peak, against the baseline's: an open stream holds none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench import wrk
+from bench.capacity import BODY
+from bench.report import Figure
+from bench.scenarios import Keys, Sizes, client, submit
+from bench.stack import ROOT, Database, Stack, base_env, group_cpu_s, group_memory, group_pids, running
+
+PER_TASK = 5
+
+
+class ConnectionSampler(threading.Thread):
+    """Peak PostgreSQL connections of the stack while it runs (twice a second)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.done = threading.Event()
+        self.samples: list[int] = []
+        self.stream: list[int] = []  # the stream role's own connections
+
+    def run(self) -> None:
+        db = Database()
+        try:
+            while not self.done.wait(0.5):
+                self.samples.append(db.connections())
+                self.stream.append(db.connections_of("stream"))
+        finally:
+            db.close()
+
+    def stop(self) -> tuple[int, int]:
+        self.done.set()
+        self.join(timeout=5)
+        return max(self.samples, default=0), max(self.stream, default=0)
+
+
+def _open_loop(stack: Stack, key: str, rate: float, seconds: float) -> tuple[dict[str, Any], tuple[int, int]]:
+    sampler = ConnectionSampler()
+    sampler.start()
+    url = f"{stack.web}/api/v1/ai-tasks/"
+    result = client("open", url, "--key", key, "--rate", f"{rate:.1f}", "--seconds", str(seconds),
+                    "--batch", f"sse-load-{uuid.uuid4().hex[:6]}")  # fmt: skip
+    return result, sampler.stop()
+
+
+def _threads(pgid: int) -> int:
+    """Threads of the stream process group (an open stream should hold none)."""
+    total = 0
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+    return total
+
+
+def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
+    clients = sizes.sse_clients
+    with running({"FAKE_LLM_LATENCY_MS": str(sizes.sse_latency_ms)}) as (stack, db):
+        script = wrk.post_script(BODY, keys.a)
+        url = f"{stack.web}/api/v1/ai-tasks/"
+        wrk.run(url, seconds=3, connections=16, script=script)  # warm every web worker
+        capacity = wrk.run(url, seconds=sizes.sse_seconds, connections=64, script=script)
+        rate = max(capacity["rps"] / 2, 1.0)
+        idle_connections = db.connections()
+        baseline, (baseline_peak, baseline_stream) = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+
+        burst = submit(stack, keys.a, clients // PER_TASK, f"sse-{uuid.uuid4().hex[:6]}", concurrency=16)
+        ids = Path(tempfile.mkstemp(prefix="sy-bench-sse-", suffix=".txt")[1])
+        ids.write_text("\n".join(burst["ids"]))
+        ready = ids.with_suffix(".ready")
+        hold = 1000 / sizes.sse_ramp + 3 * sizes.sse_seconds + 30
+        fan_out = subprocess.Popen(
+            [sys.executable, "-m", "bench.sse_client", f"http://127.0.0.1:{stack.stream_port}", keys.a, str(ids),
+             "--per-task", str(PER_TASK), "--ramp", str(sizes.sse_ramp), "--hold", f"{hold:.0f}",
+             "--ready", str(ready)],
+            cwd=ROOT, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + hold
+        while not ready.exists() and fan_out.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        held = json.loads(ready.read_text())["open"] if ready.exists() else 0
+        stream_cpu, wall = group_cpu_s(stack.pgid("stream")), time.monotonic()
+        threads_sampled = [_threads(stack.pgid("stream"))]
+        with_sse, (sse_peak, sse_stream) = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+        threads_sampled.append(_threads(stack.pgid("stream")))
+        stream_busy = (group_cpu_s(stack.pgid("stream")) - stream_cpu) / (time.monotonic() - wall)
+        stream_memory = group_memory(stack.pgid("stream"))
+        stream_threads = max(threads_sampled, default=0)
+        out, err = fan_out.communicate(timeout=hold + 60)
+        if fan_out.returncode != 0:
+            raise RuntimeError(f"bench.sse_client failed: {err[-2000:]}")
+        fan = json.loads(out)
+
+    s = "sse"
+    ratio = with_sse["p95_ms"] / max(baseline["p95_ms"], 1e-9)
+    note_load = f"{rate:.0f} req/s offered (half of {capacity['rps']:.0f} req/s closed loop) x {sizes.sse_seconds} s"
+    failures = ", ".join(f"{k} {v}" for k, v in fan["failures"].items()) or "none"
+    figures = [
+        Figure(s, f"SSE clients held at once (of {clients}, one stream process)", fan["peak_open"], "clients",
+               clients, "higher", note=f"{held} open when all had connected; failures: {failures}"),
+        Figure(s, "event delivery delay p50", fan["delay_p50_ms"], "ms",
+               note=f"{fan['events']} live events, p99 {fan['delay_p99_ms']:.0f} ms"),
+        Figure(s, "event delivery delay p95", fan["delay_p95_ms"], "ms"),
+        Figure(s, "threads of the stream process while the clients are held", stream_threads, "threads",
+               note="Django's ASGI handler keeps one idle executor thread per open request (docs/benchmarks.md)"),
+        Figure(s, "stream process CPU while the clients are held", 100 * stream_busy, "% of a core",
+               note=f"RSS {stream_memory.rss_mib:.0f} MiB; connect p50 {fan['connect_p50_ms']:.0f} / "
+               f"p95 {fan['connect_p95_ms']:.0f} ms at {sizes.sse_ramp:.0f}/s"),
+        Figure(s, "submit p95 without SSE clients (open loop)", baseline["p95_ms"], "ms",
+               note=f"{note_load}; p50 {baseline['p50_ms']:.0f} ms, {baseline['errors']} errors"),
+        Figure(s, f"submit p95 with {clients} SSE clients (open loop)", with_sse["p95_ms"], "ms",
+               note=f"p50 {with_sse['p50_ms']:.0f} ms, {with_sse['errors']} errors"),
+        Figure(s, "submit p95 with SSE / without", ratio, "x", 2.0),
+        Figure(s, "PostgreSQL connections of the stream role: peak with SSE clients", sse_stream, "conns",
+               max(baseline_stream, 1), note=f"peak without SSE clients {baseline_stream}"),
+        Figure(s, "PostgreSQL connections of the whole stack: peak with SSE clients", sse_peak, "conns",
+               note=f"peak without SSE clients {baseline_peak}, idle stack {idle_connections}; the difference "
+               "is web threads opening persistent connections while submits are slower"),
+    ]  # fmt: skip
+    details = {
+        "capacity": capacity, "rate": rate, "baseline": baseline, "with_sse": with_sse, "fan_out": fan,
+        "stream_cpu_share": stream_busy, "stream_threads": threads_sampled, "stream_rss_mib": stream_memory.rss_mib,
+        "connections": {"idle": idle_connections, "baseline_peak": baseline_peak, "sse_peak": sse_peak,
+                        "stream_baseline_peak": baseline_stream, "stream_sse_peak": sse_stream},
+    }  # fmt: skip
+    return figures, details

@@ -1,0 +1,95 @@
+"""The submit path's shape (issue 9): the budget row lock is held as briefly as it can be,
+and the guarantees that shape could endanger still hold (no overshoot under racing
+submits, dispatch only after commit)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from billing import services as billing
+from billing.models import Reservation
+from llm.models import AITask
+from llm.services import dispatch as gate
+
+PROMPT = "Explain queues to a five year old."
+
+
+def submit(tenant):
+    return tenant.client.post("/api/v1/ai-tasks/", {"prompt": PROMPT, "cache": False}, format="json")
+
+
+@pytest.mark.django_db
+def test_only_the_task_insert_runs_after_the_budget_hold(tenant) -> None:
+    """Every submit of an organization waits on its budget row from the hold's UPDATE to
+    COMMIT; the profile showed that wait dominating, so nothing else may run in it (the
+    gate's count, the reservation INSERT, a savepoint release all come before)."""
+    submit(tenant)  # the month's budget rows exist from here on, as in steady state
+    gate.pool_register(queue="default", node="test-submit-path", slots=4, ttl_s=60)  # so the gate counts
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            assert submit(tenant).status_code == 202
+    finally:
+        gate.pool_unregister(queue="default", node="test-submit-path")
+    statements = [q["sql"] for q in queries.captured_queries]
+    holds = [i for i, sql in enumerate(statements) if sql.startswith('UPDATE "billing_budget"')]
+    assert len(holds) == 1, statements
+    after = statements[holds[0] + 1 :]
+    # The test runs in a transaction of its own, so the submit's COMMIT shows here as the
+    # release of its savepoint: the one statement allowed after the task's INSERT.
+    assert after[0].startswith('INSERT INTO "llm_aitask"'), after
+    assert len(after) == 1 or (len(after) == 2 and after[1].startswith("RELEASE SAVEPOINT")), after
+    before = statements[: holds[0]]
+    assert any('INSERT INTO "billing_reservation"' in sql for sql in before)
+    assert any("FILTER (WHERE" in sql for sql in before)  # the dispatch gate's count
+
+
+@pytest.mark.django_db
+def test_a_refused_hold_creates_nothing_and_releases_nothing(tenant) -> None:
+    """The reservation row is now inserted before the hold: a refusal must undo it."""
+    org_id = uuid.UUID(tenant.organization_id)
+    assert submit(tenant).status_code == 202
+    status = billing.budget_status(organization_id=org_id)
+    billing.budget_set(organization_id=org_id, limit_usd=status.reserved_usd)  # nothing left
+    response = submit(tenant)
+    assert response.status_code == 402
+    assert AITask.objects.count() == 1
+    assert Reservation.objects.filter(organization_id=org_id).count() == 1
+    assert billing.budget_status(organization_id=org_id).reserved_usd == status.reserved_usd
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_submits_never_overshoot_the_budget(make_tenant, broker) -> None:
+    """20 submits at once through the whole HTTP path against a budget with room for 4:
+    exactly 4 are accepted, every other one is 402, and nothing is held beyond the limit."""
+    tenant = make_tenant()
+    org_id = uuid.UUID(tenant.organization_id)
+    assert submit(tenant).status_code == 202
+    amount = Reservation.objects.get(organization_id=org_id).amount_usd
+    billing.budget_set(organization_id=org_id, limit_usd=amount * 5)  # one held, four to go
+    barrier = threading.Barrier(20)
+    codes: list[int] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            codes.append(submit(tenant).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(codes) == [202] * 4 + [402] * 16
+    status = billing.budget_status(organization_id=org_id)
+    assert status.reserved_usd == amount * 5
+    assert status.remaining_usd == Decimal(0)
+    assert AITask.objects.filter(organization_id=org_id).count() == 5
+    assert Reservation.objects.filter(organization_id=org_id, status="held").count() == 5
