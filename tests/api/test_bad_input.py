@@ -166,11 +166,21 @@ def test_too_many_query_parameters_is_a_json_400(tenant) -> None:
     assert assert_client_error(raw_client(tenant).get(f"/api/v1/me/?{query}"))["code"] == "bad_request"
 
 
-def test_a_csrf_failure_on_a_non_drf_api_view_is_a_json_403(tenant) -> None:
-    """The SSE view is a plain Django view: a POST to it meets the CSRF check."""
+def test_a_csrf_failure_outside_the_admin_is_a_json_403() -> None:
+    """CSRF_FAILURE_VIEW answers API paths in the error format. (The SSE view, the one plain
+    Django API view, is CSRF-exempt: Bearer keys, no cookies; other methods get a 405.)"""
+    from django.test import RequestFactory
+
+    from kernel.errors import csrf_failure
+
+    response = csrf_failure(RequestFactory().post(f"{URL}{uuid.uuid4()}/"), reason="CSRF cookie not set.")
+    assert assert_client_error(response, 403)["code"] == "csrf_failed"
+
+
+def test_a_post_to_the_events_route_on_the_web_role_meets_no_csrf_page(tenant) -> None:
     client = Client(enforce_csrf_checks=True, HTTP_AUTHORIZATION=f"Bearer {tenant.issued.key}")
     response = client.post(f"{URL}{uuid.uuid4()}/events/")
-    assert assert_client_error(response, 403)["code"] == "csrf_failed"
+    assert assert_client_error(response, 421)["code"] == "use_stream_role"
 
 
 def test_admin_errors_stay_html() -> None:

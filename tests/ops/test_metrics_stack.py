@@ -59,7 +59,7 @@ def test_every_family_live_and_the_same_whichever_process_answers(
     posts = 0
     running = []
     for n in range(5):
-        response = post(tenant, f"task {n} #fake:sleep=1500")
+        response = post(tenant, f"task {n} #fake:sleep=3500")
         posts += 1
         assert response.status_code == 202, response.text
         running.append(response.json()["id"])
@@ -71,7 +71,7 @@ def test_every_family_live_and_the_same_whichever_process_answers(
     posts += 1
 
     # While the default tasks run: the queue families and open tasks, read from PostgreSQL.
-    wait_for(lambda: AITask.objects.filter(status="processing").count() >= 1, timeout=20)
+    wait_for(lambda: AITask.objects.filter(status="processing").count() >= 1, timeout=30)
     live = scrape(f"{web}/metrics")
     assert total(live, "switchyard_open_tasks", status="processing", queue="default") >= 1
     assert total(live, "switchyard_queue_depth", queue="low") == 2
@@ -85,7 +85,7 @@ def test_every_family_live_and_the_same_whichever_process_answers(
 
     ids = [*running, failing.json()["id"]]
     wait_for(lambda: AITask.objects.filter(id__in=ids, status__in=["done", "failed"]).count() == len(ids), timeout=40)
-    assert post(tenant, "task 0 #fake:sleep=1500").json()["cached"] is True  # a cache hit
+    assert post(tenant, "task 0 #fake:sleep=3500").json()["cached"] is True  # a cache hit
     posts += 1
 
     # The same totals on every scrape (each may be answered by either gunicorn worker).
