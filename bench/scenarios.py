@@ -303,10 +303,17 @@ def memory(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     return figures, details
 
 
+FAIRNESS_SLOTS = 10
+
+
 def fairness(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
-    """Issue 7 item 5: org A has a backlog of 2,000 tasks; org B submits one."""
+    """Issue 7 item 5: org A has a backlog of 2,000 tasks; org B submits one.
+
+    The pool is cut to FAIRNESS_SLOTS threads: 300 threads drain 1 s calls faster than one
+    client can submit them, so A would never have a backlog for B to wait behind."""
     latency = sizes.fairness_latency_ms
-    with running({"FAKE_LLM_LATENCY_MS": str(latency)}) as (stack, db):
+    env = {"FAKE_LLM_LATENCY_MS": str(latency), "WORKER_DEFAULT_CONCURRENCY": str(FAIRNESS_SLOTS)}
+    with running(env) as (stack, db):
         batch_a, batch_b = f"fair-a-{uuid.uuid4().hex[:8]}", f"fair-b-{uuid.uuid4().hex[:8]}"
         backlog = submit(stack, keys.a, sizes.fairness_backlog, batch_a, concurrency=32)
         total_a, terminal_a, _ = batch_state(db, batch_a)
@@ -329,7 +336,7 @@ def fairness(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         wait if started else waited,
         "s",
         target,
-        note=f"A had {total_a - terminal_a:,} of {total_a:,} tasks open when B submitted"
+        note=f"{FAIRNESS_SLOTS} slots; A had {total_a - terminal_a:,} of {total_a:,} tasks open when B submitted"
         + ("" if started else f"; B had not started after {waited:.0f} s (a lower bound)"),
     )
     details = {
