@@ -270,3 +270,19 @@ def test_hang_with_real_sleep_yields_to_a_signal_quickly(stream: bool) -> None:
         _ = list(provider.stream(req)) if stream else provider.complete(req)
 
     assert time.monotonic() - started < 1
+
+
+def test_malformed_ends_the_stream_without_its_final_message_on_the_first_attempts() -> None:
+    from llm.providers.base import Completion, CompletionRequest, ProviderUnavailable
+    from llm.providers.fake import FakeProvider
+
+    provider = FakeProvider(latency_ms=0)
+    first = CompletionRequest.from_prompt("Broken once #fake:malformed:1", model="fake-small", max_tokens=50)
+    events = list(provider.stream(first))
+    assert events and not any(isinstance(e, Completion) for e in events)
+    with pytest.raises(ProviderUnavailable):
+        provider.complete(first)
+    second = CompletionRequest.from_prompt(
+        "Broken once #fake:malformed:1", model="fake-small", max_tokens=50, attempt=2
+    )
+    assert isinstance(list(provider.stream(second))[-1], Completion)

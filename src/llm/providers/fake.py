@@ -19,6 +19,9 @@ and ``stream`` alike:
 - ``#fake:hang``                 never answer (until the call's guard aborts it, or
                                  the Celery soft time limit's signal interrupts it).
 - ``#fake:tokens=<in>,<out>``    report these token counts.
+- ``#fake:malformed[:<n>]``      a malformed answer on attempts 1..n (every attempt if n
+                                 is omitted): the stream ends without its final message
+                                 and usage (``complete`` raises ProviderUnavailable).
 - ``#fake:echo``                 answer with what the provider received, as JSON
                                  ``{"model", "system", "messages": [[role, content], ...]}``
                                  (tests of multi-turn context read it back).
@@ -38,7 +41,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
-from llm.providers.base import Completion, CompletionRequest, TextDelta, current_guard, error_for_status
+from llm.providers.base import (
+    Completion,
+    CompletionRequest,
+    ProviderUnavailable,
+    TextDelta,
+    current_guard,
+    error_for_status,
+)
 from llm.providers.tokens import estimate_prompt_tokens, estimate_tokens
 
 HANG_STEP_S = 0.1
@@ -52,6 +62,7 @@ _DIRECTIVE = re.compile(
     r"|tokens=(?P<tokens_in>\d{1,12}),(?P<tokens_out>\d{1,12})"
     r"|(?P<hang>hang)"
     r"|(?P<echo>echo)"
+    r"|(?P<malformed>malformed)(?::(?P<malformed_times>\d{1,9}))?"
     r")(?![\w=@]|[:,]\w)"
 )
 
@@ -75,11 +86,14 @@ class Directives:
     tokens: tuple[int, int] | None = None
     error_model: str | None = None  # None: every model
     echo: bool = False
+    malformed: bool = False
+    malformed_attempts: int | None = None  # None: every attempt
 
     @classmethod
     def parse(cls, text: str) -> Directives:
         sleep_ms = error_status = error_attempts = None
-        hang = echo = False
+        hang = echo = malformed = False
+        malformed_attempts: int | None = None
         tokens: tuple[int, int] | None = None
         error_model: str | None = None
         for match in _DIRECTIVE.finditer(text):
@@ -97,6 +111,9 @@ class Directives:
                 hang = True
             elif match["echo"] is not None:
                 echo = True
+            elif match["malformed"] is not None:
+                malformed = True
+                malformed_attempts = int(match["malformed_times"]) if match["malformed_times"] else None
         return cls(
             sleep_ms=sleep_ms,
             error_status=error_status,
@@ -105,7 +122,12 @@ class Directives:
             tokens=tokens,
             error_model=error_model,
             echo=echo,
+            malformed=malformed,
+            malformed_attempts=malformed_attempts,
         )
+
+    def malformed_on(self, attempt: int) -> bool:
+        return self.malformed and (self.malformed_attempts is None or attempt <= self.malformed_attempts)
 
     def fails_on(self, attempt: int, model: str | None = None) -> bool:
         if self.error_status is None:
@@ -125,6 +147,8 @@ class FakeProvider:
     def complete(self, request: CompletionRequest) -> Completion:
         directives = self._begin(request)
         self._pause(self._duration_s(directives))
+        if directives.malformed_on(request.attempt):
+            raise ProviderUnavailable("fake: malformed response (#fake:malformed directive)")
         return self._completion(request, directives)
 
     def stream(self, request: CompletionRequest) -> Iterator[TextDelta | Completion]:
@@ -137,6 +161,8 @@ class FakeProvider:
         for piece in pieces:
             self._pause(step)
             yield TextDelta(piece)
+        if directives.malformed_on(request.attempt):
+            return  # a malformed answer: the stream ends without its closing message and usage
         yield completion
 
     def _begin(self, request: CompletionRequest) -> Directives:
