@@ -4,7 +4,13 @@
 #   docker run --rm -e SECRET_KEY=... -e WEBHOOK_SIGNING_SECRETS=... -e METRICS_TOKEN=... \
 #     -e ALLOWED_HOSTS=... -e DATABASE_URL=... -e REDIS_URL=... switchyard web
 
-ARG PYTHON_IMAGE=python:3.13-slim
+# Pinned to an exact patch version and Debian release (tests/test_dockerfile.py): the
+# Python CI runs the suite on (3.13.0). Not pinned by digest yet: no registry was reachable
+# where this was written, so the digest could not be read and checked. To pin it, run
+# `docker buildx imagetools inspect python:3.13.0-slim-bookworm` and append
+# `@sha256:<index digest>` (the test accepts either form; a digest also fixes the Debian
+# packages, which the tag does not: it is re-pushed for Debian security updates).
+ARG PYTHON_IMAGE=python:3.13.0-slim-bookworm
 
 # --- builder: the locked dependencies in a virtualenv ---------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
