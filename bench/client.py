@@ -30,9 +30,18 @@ def body(prompt: str, batch: str, priority: str = "normal") -> dict[str, Any]:
 
 
 async def burst(
-    url: str, key: str, count: int, *, batch: str, concurrency: int, rate: float | None, priority: str
+    url: str,
+    key: str,
+    count: int,
+    *,
+    batch: str,
+    concurrency: int,
+    rate: float | None,
+    priority: str,
+    directive: str = "",
 ) -> dict[str, Any]:
-    """Submit ``count`` tasks as fast as ``concurrency`` connections allow (or at ``rate``/s)."""
+    """Submit ``count`` tasks as fast as ``concurrency`` connections allow (or at ``rate``/s);
+    ``directive`` (a fake provider directive such as ``#fake:sleep=120000``) ends each prompt."""
     headers = {"Authorization": f"Bearer {key}"}
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -48,7 +57,8 @@ async def burst(
         async def one(i: int) -> None:
             sent = time.monotonic()
             try:
-                response = await client.post(url, json=body(f"Benchmark task {batch} number {i}.", batch, priority))
+                prompt = f"Benchmark task {batch} number {i}. {directive}".strip()
+                response = await client.post(url, json=body(prompt, batch, priority))
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 return
@@ -136,6 +146,7 @@ def main() -> int:
     b.add_argument("--concurrency", type=int, default=32)
     b.add_argument("--rate", type=float, default=None)
     b.add_argument("--priority", default="normal")
+    b.add_argument("--directive", default="", help="appended to every prompt (fake provider directives)")
     o = sub.add_parser("open")
     o.add_argument("url")
     o.add_argument("--key", default=None)
@@ -153,6 +164,7 @@ def main() -> int:
                 concurrency=args.concurrency,
                 rate=args.rate,
                 priority=args.priority,
+                directive=args.directive,
             )
         )
     else:

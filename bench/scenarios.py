@@ -55,7 +55,10 @@ class Sizes:
     priority_batch: int = 200
     priority_deadline_s: float = 60
     sse_clients: int = 1_000
-    sse_latency_ms: int = 60_000  # the streams stay open through both load phases
+    # The fan-out's calls (a #fake:sleep directive) stream through both load phases; the
+    # load's own calls are short, so they never fill worker-default's slots.
+    sse_latency_ms: int = 120_000
+    sse_load_latency_ms: int = 500
     sse_seconds: int = 15
     sse_ramp: float = 100.0  # new SSE connections per second
 
@@ -75,7 +78,7 @@ QUICK = Sizes(
     priority_backlog=400,
     priority_batch=40,
     priority_deadline_s=15,
-    sse_latency_ms=40_000,
+    sse_latency_ms=60_000,
     sse_seconds=6,
 )
 
@@ -91,9 +94,20 @@ def client(*args: str) -> dict[str, Any]:
     return result
 
 
-def submit(stack: Stack, key: str, count: int, batch: str, *, concurrency: int = 32, rate: float | None = None) -> Any:
+def submit(
+    stack: Stack,
+    key: str,
+    count: int,
+    batch: str,
+    *,
+    concurrency: int = 32,
+    rate: float | None = None,
+    directive: str = "",
+) -> Any:
     args = ["burst", f"{stack.web}/api/v1/ai-tasks/", key, str(count), "--batch", batch]
     args += ["--concurrency", str(concurrency)]
+    if directive:
+        args += ["--directive", directive]
     if rate:
         args += ["--rate", str(rate)]
     return client(*args)

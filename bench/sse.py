@@ -1,16 +1,21 @@
 """Issue 9: SSE fan-out. 1,000 concurrent SSE clients on one stream process (uvicorn,
 ``bin/switchyard stream``) while submit load runs at half the platform's capacity.
 
-On one stack (fake calls of ``sse_latency_ms``, streamed one chunk per word):
+On one stack whose own calls take ``sse_load_latency_ms`` (short: the load never fills
+worker-default's slots):
 
 1. capacity: wrk, closed loop, on ``POST /api/v1/ai-tasks/`` (64 connections);
-2. baseline: open-loop submits at half that rate, no SSE client: submit p95, and the
-   stack's PostgreSQL connections sampled meanwhile;
-3. fan-out: ``sse_clients / 5`` tasks submitted, five clients on each (``bench.sse_client``,
-   its own process) connecting at ``sse_ramp``/s; once all are connected, the same open-loop
-   submit load again: submit p95 against the baseline, event delivery delay (receipt -
-   the event's Redis stream id time) p50/p95, clients held, and the PostgreSQL
-   connections (peak, against the baseline's: an open stream holds none).
+2. the fan-out's ``sse_clients / 5`` tasks are submitted, each with a
+   ``#fake:sleep=<sse_latency_ms>`` directive, so they stream (one chunk per word)
+   through both load phases below;
+3. baseline: open-loop submits at half the capacity rate, no SSE client: submit p95, and
+   the stack's PostgreSQL connections sampled meanwhile;
+4. fan-out: five clients on each of those tasks (``bench.sse_client``, its own process)
+   connecting at ``sse_ramp``/s; once all are connected, the same open-loop submit load
+   again: submit p95 against the baseline (the same tasks stream in both phases; only the
+   clients differ), event delivery delay (receipt - the event's Redis stream id time)
+   p50/p95, clients held, and the PostgreSQL connections (peak, against the baseline's:
+   an open stream holds none).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 from bench import wrk
 from bench.capacity import BODY
 from bench.report import Figure
-from bench.scenarios import Keys, Sizes, client, submit
+from bench.scenarios import Keys, Sizes, batch_state, client, submit
 from bench.stack import ROOT, Database, Stack, base_env, group_cpu_s, group_memory, group_pids, running
 
 PER_TASK = 5
@@ -80,16 +85,20 @@ def _threads(pgid: int) -> int:
 
 def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     clients = sizes.sse_clients
-    with running({"FAKE_LLM_LATENCY_MS": str(sizes.sse_latency_ms)}) as (stack, db):
+    with running({"FAKE_LLM_LATENCY_MS": str(sizes.sse_load_latency_ms)}) as (stack, db):
         script = wrk.post_script(BODY, keys.a)
         url = f"{stack.web}/api/v1/ai-tasks/"
         wrk.run(url, seconds=3, connections=16, script=script)  # warm every web worker
         capacity = wrk.run(url, seconds=sizes.sse_seconds, connections=64, script=script)
         rate = max(capacity["rps"] / 2, 1.0)
         idle_connections = db.connections()
-        baseline, (baseline_peak, baseline_stream) = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
 
-        burst = submit(stack, keys.a, clients // PER_TASK, f"sse-{uuid.uuid4().hex[:6]}", concurrency=16)
+        batch = f"sse-{uuid.uuid4().hex[:6]}"
+        burst = submit(stack, keys.a, clients // PER_TASK, batch, concurrency=16,
+                       directive=f"#fake:sleep={sizes.sse_latency_ms}")  # fmt: skip
+        baseline, (baseline_peak, baseline_stream) = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+        _, _, streaming_at_baseline = batch_state(db, batch)
+
         ids = Path(tempfile.mkstemp(prefix="sy-bench-sse-", suffix=".txt")[1])
         ids.write_text("\n".join(burst["ids"]))
         ready = ids.with_suffix(".ready")
@@ -107,6 +116,7 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         stream_cpu, wall = group_cpu_s(stack.pgid("stream")), time.monotonic()
         threads_sampled = [_threads(stack.pgid("stream"))]
         with_sse, (sse_peak, sse_stream) = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+        _, done_during_sse, streaming_with_sse = batch_state(db, batch)
         threads_sampled.append(_threads(stack.pgid("stream")))
         stream_busy = (group_cpu_s(stack.pgid("stream")) - stream_cpu) / (time.monotonic() - wall)
         stream_memory = group_memory(stack.pgid("stream"))
@@ -124,7 +134,9 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         Figure(s, f"SSE clients held at once (of {clients}, one stream process)", fan["peak_open"], "clients",
                clients, "higher", note=f"{held} open when all had connected; failures: {failures}"),
         Figure(s, "event delivery delay p50", fan["delay_p50_ms"], "ms",
-               note=f"{fan['events']} live events, p99 {fan['delay_p99_ms']:.0f} ms"),
+               note=f"{fan['events']} live events, p99 {fan['delay_p99_ms']:.0f} ms; fan-out tasks streaming: "
+               f"{streaming_at_baseline} of {len(burst['ids'])} after the baseline, {streaming_with_sse} after the "
+               f"load with clients ({done_during_sse} ended)"),
         Figure(s, "event delivery delay p95", fan["delay_p95_ms"], "ms"),
         Figure(s, "threads of the stream process while the clients are held", stream_threads, "threads",
                note="Django's ASGI handler keeps one idle executor thread per open request (docs/benchmarks.md)"),
@@ -143,7 +155,9 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                "is web threads opening persistent connections while submits are slower"),
     ]  # fmt: skip
     details = {
-        "capacity": capacity, "rate": rate, "baseline": baseline, "with_sse": with_sse, "fan_out": fan,
+        "capacity": capacity, "rate": rate, "baseline": baseline, "fan_out_batch": batch,
+        "fan_out_streaming": {"after_baseline": streaming_at_baseline, "after_with_sse": streaming_with_sse,
+                              "ended": done_during_sse}, "with_sse": with_sse, "fan_out": fan,
         "stream_cpu_share": stream_busy, "stream_threads": threads_sampled, "stream_rss_mib": stream_memory.rss_mib,
         "connections": {"idle": idle_connections, "baseline_peak": baseline_peak, "sse_peak": sse_peak,
                         "stream_baseline_peak": baseline_stream, "stream_sse_peak": sse_stream},

@@ -176,10 +176,14 @@ class Database:
         )
 
     def connections_of(self, role: str) -> int:
-        """Connections of one role (each role's DATABASE_URL names it: ``sy-<role>``)."""
+        """Connections of one role: the settings name each ``switchyard-<role>`` (from
+        SWITCHYARD_ROLE, which bin/switchyard exports). Until 2 December 2026 this counted
+        ``sy-<role>``, a name the settings override: it read 0 whatever the role held."""
         return int(
             self.scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s", DB, f"sy-{role}"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+                DB,
+                f"switchyard-{role}",
             )
         )
 
@@ -225,12 +229,15 @@ class Stack:
             env = dict(self.env)
             if role in {"web", "stream"}:
                 env["PORT"] = str(self.web_port if role == "web" else self.stream_port)
-            # Each role names its connections, so pg_stat_activity can count them per role.
-            env["DATABASE_URL"] = f"postgres:///{DB}?application_name=sy-{role}"
+            # Each role names its connections (application_name switchyard-<role>, set by
+            # the settings from SWITCHYARD_ROLE), so pg_stat_activity counts them per role.
             log = _SCRATCH / f"{role}-{time.strftime('%H%M%S')}.log"
             self.logs[role] = log
+            # BENCH_STREAM_NICE=19 starves the stream role of CPU the way a loaded machine
+            # did (the SSE connect timeouts of docs/benchmarks.md), without adding load.
+            nice = os.environ.get("BENCH_STREAM_NICE", "") if role == "stream" else ""
             self.processes[role] = subprocess.Popen(
-                [SWITCHYARD, role],
+                [*(["nice", "-n", nice] if nice else []), SWITCHYARD, role],
                 cwd=ROOT,
                 env=env,
                 stdout=log.open("wb"),
