@@ -209,6 +209,10 @@ class TcpProxy:
 
     def stop(self) -> None:
         if self._server is not None:
+            # close() alone leaves a thread blocked in accept() accepting on Linux: a cut
+            # Redis would take new connections; shutdown() ends the accept (and the thread).
+            with suppress(OSError):
+                self._server.shutdown(socket.SHUT_RDWR)
             self._server.close()
             self._server = None
         with self._lock:

@@ -2,7 +2,9 @@
 
 An async view: it authenticates and reads the task in a worker thread, closes that
 thread's database connection, then waits on the task's Redis stream in the event loop —
-an open stream holds no database connection and no thread. Served by the ``stream``
+an open stream holds no database connection, no Redis connection (the process's one
+blocking XREAD covers every open stream, ``llm.streams.AsyncStreamReader``) and no
+thread of its own (Django's handler keeps one idle per request, docs/benchmarks.md). Served by the ``stream``
 role (ASGI) only: the ``web`` role (WSGI) answers 421 naming the stream role at once,
 since a WSGI worker thread would be held for as long as the stream lasts.
 
