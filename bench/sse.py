@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,11 +32,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench import wrk
 from bench.capacity import BODY
 from bench.report import Figure
 from bench.scenarios import Keys, Sizes, batch_state, client, submit
-from bench.stack import ROOT, Database, Stack, base_env, group_cpu_s, group_memory, group_pids, running
+from bench.stack import REDIS_URL, ROOT, Database, Stack, base_env, group_cpu_s, group_memory, group_pids, running
 
 PER_TASK = 5
 
@@ -64,13 +67,61 @@ class ConnectionSampler(threading.Thread):
         return max(self.samples, default=0), max(self.stream, default=0)
 
 
-def _open_loop(stack: Stack, key: str, rate: float, seconds: float) -> tuple[dict[str, Any], tuple[int, int]]:
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far (/proc/stat), in ticks."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _process_cpu_s(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+CPU_ROLES = ("web", "stream", "worker-default")
+
+
+def _cpu(stack: Stack, extra_pid: int | None = None) -> dict[str, float]:
+    """CPU seconds so far: the machine's busy share (ticks), each role's group, the SSE client."""
+    busy, total = _machine_jiffies()
+    cpu = {role: group_cpu_s(stack.pgid(role)) for role in CPU_ROLES}
+    cpu |= {"machine_busy": busy, "machine_total": total, "sse_client": _process_cpu_s(extra_pid) if extra_pid else 0.0}
+    return cpu
+
+
+def _cpu_share(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Per phase: the machine's busy share of its 2 cores (0-1) and each process's cores used."""
+    share = {k: (after[k] - before[k]) / wall_s for k in (*CPU_ROLES, "sse_client")}
+    share["machine"] = (after["machine_busy"] - before["machine_busy"]) / max(
+        after["machine_total"] - before["machine_total"], 1
+    )
+    return share
+
+
+def _open_loop(
+    stack: Stack, key: str, rate: float, seconds: float, extra_pid: int | None = None
+) -> tuple[dict[str, Any], tuple[int, int], dict[str, float]]:
     sampler = ConnectionSampler()
     sampler.start()
     url = f"{stack.web}/api/v1/ai-tasks/"
+    cpu_before, wall = _cpu(stack, extra_pid), time.monotonic()
     result = client("open", url, "--key", key, "--rate", f"{rate:.1f}", "--seconds", str(seconds),
                     "--batch", f"sse-load-{uuid.uuid4().hex[:6]}")  # fmt: skip
-    return result, sampler.stop()
+    cpu = _cpu_share(cpu_before, _cpu(stack, extra_pid), time.monotonic() - wall)
+    return result, sampler.stop(), cpu
+
+
+def _redis_connections(url: str) -> int:
+    """Connections to the bench's cache/SSE database (every role's, Redis-side)."""
+    client = redis.Redis.from_url(url)
+    try:
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        return sum(1 for entry in client.client_list() if int(entry.get("db", -1)) == db) - 1  # not this one
+    finally:
+        client.close()
 
 
 def _threads(pgid: int) -> int:
@@ -96,7 +147,8 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         batch = f"sse-{uuid.uuid4().hex[:6]}"
         burst = submit(stack, keys.a, clients // PER_TASK, batch, concurrency=16,
                        directive=f"#fake:sleep={sizes.sse_latency_ms}")  # fmt: skip
-        baseline, (baseline_peak, baseline_stream) = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+        baseline, (baseline_peak, baseline_stream), baseline_cpu = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+        baseline_redis = _redis_connections(REDIS_URL)
         _, _, streaming_at_baseline = batch_state(db, batch)
 
         ids = Path(tempfile.mkstemp(prefix="sy-bench-sse-", suffix=".txt")[1])
@@ -118,7 +170,8 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         held = json.loads(ready.read_text())["open"] if ready.exists() else 0
         stream_cpu, wall = group_cpu_s(stack.pgid("stream")), time.monotonic()
         threads_sampled = [_threads(stack.pgid("stream"))]
-        with_sse, (sse_peak, sse_stream) = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+        sse_redis = _redis_connections(REDIS_URL)
+        with_sse, (sse_peak, sse_stream), sse_cpu = _open_loop(stack, keys.a, rate, sizes.sse_seconds, fan_out.pid)
         sse_peak, sse_stream = max(sse_peak, ramp_peak), max(sse_stream, ramp_stream)
         _, done_during_sse, streaming_with_sse = batch_state(db, batch)
         threads_sampled.append(_threads(stack.pgid("stream")))
@@ -155,6 +208,11 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         Figure(s, "PostgreSQL connections of the stream role: peak with SSE clients", sse_stream, "conns",
                max(baseline_stream, 8), note=f"while 1,000 connect and then held; peak without SSE clients "
                f"{baseline_stream}; its pool holds at most DATABASE_POOL_MAX (8)"),
+        Figure(s, "Redis connections to the SSE database while the clients are held", sse_redis, "conns",
+               note=f"without SSE clients {baseline_redis} (every role's, Redis-side, database 8)"),
+        Figure(s, "machine CPU busy during the load with SSE clients", 100 * sse_cpu["machine"], "%",
+               note=f"without clients {100 * baseline_cpu['machine']:.0f} %; cores used with / without: "
+               + ", ".join(f"{k} {sse_cpu[k]:.2f} / {baseline_cpu[k]:.2f}" for k in (*CPU_ROLES, "sse_client"))),
         Figure(s, "PostgreSQL connections of the whole stack: peak with SSE clients", sse_peak, "conns",
                note=f"peak without SSE clients {baseline_peak}, idle stack {idle_connections}; the difference "
                "is web threads opening persistent connections while submits are slower"),
@@ -163,7 +221,9 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         "capacity": capacity, "rate": rate, "baseline": baseline, "fan_out_batch": batch,
         "fan_out_streaming": {"after_baseline": streaming_at_baseline, "after_with_sse": streaming_with_sse,
                               "ended": done_during_sse}, "with_sse": with_sse, "fan_out": fan,
-        "stream_cpu_share": stream_busy, "stream_threads": threads_sampled, "stream_rss_mib": stream_memory.rss_mib,
+        "stream_cpu_share": stream_busy, "cpu": {"baseline": baseline_cpu, "with_sse": sse_cpu},
+        "redis_connections": {"baseline": baseline_redis, "with_sse": sse_redis},
+        "stream_threads": threads_sampled, "stream_rss_mib": stream_memory.rss_mib,
         "connections": {"idle": idle_connections, "baseline_peak": baseline_peak, "sse_peak": sse_peak,
                         "stream_baseline_peak": baseline_stream, "stream_sse_peak": sse_stream},
     }  # fmt: skip
