@@ -9,6 +9,10 @@ Two strategies, each atomic in one Lua script on the Redis server:
   (it assumes the previous window's hits were spread evenly) but never the 2x burst
   a fixed window allows across its edge.
 
+``hit_all`` checks several limits (e.g. an API key's and its organization's) in one
+round trip: the same steps on the same keys as the library's two scripts, in one script
+of ours, either consuming each limit until the first refusal or all-or-nothing.
+
 ``adjust`` corrects a sliding-window counter after the fact (a task's estimated tokens
 replaced by its actual ones); the library has no refund, so that one script is ours and
 follows the library's key layout (tests/kernel/test_ratelimit.py pins it).
@@ -74,6 +78,88 @@ return -done
 """
 
 
+# Several limits in one round trip: the library's acquire_moving_window.lua and
+# acquire_sliding_window.lua steps, on the same keys, for each limit in order. ARGV: mode
+# ("each": consume each limit until the first refusal; "all": consume all or none), the
+# client's time (seconds, as the library sends it), then per limit its kind ("m" moving,
+# one key; "s" sliding, two keys: previous, current), limit, window_s and cost. Returns
+# the 1-based position of the first limit that refused, 0 when all allowed.
+_HIT_ALL = """
+local mode = ARGV[1]
+local now = tonumber(ARGV[2])
+local entries = {}
+local k = 1
+for i = 3, #ARGV, 4 do
+    local e = {kind = ARGV[i], limit = tonumber(ARGV[i + 1]), window = tonumber(ARGV[i + 2]),
+               amount = tonumber(ARGV[i + 3]), key = KEYS[k]}
+    if e.kind == 's' then
+        e.previous, e.current = KEYS[k], KEYS[k + 1]
+        k = k + 2
+    else
+        k = k + 1
+    end
+    entries[#entries + 1] = e
+end
+
+local function fits(e)
+    if e.amount > e.limit then
+        return false
+    end
+    if e.kind == 'm' then
+        local entry = redis.call('lindex', e.key, e.limit - e.amount)
+        return not (entry and tonumber(entry) >= now - e.window)
+    end
+    local expiry = e.window * 1000
+    local current_ttl = tonumber(redis.call('pttl', e.current))
+    if current_ttl > 0 and current_ttl < expiry then
+        redis.call('rename', e.current, e.previous)
+        redis.call('set', e.current, 0, 'PX', current_ttl + expiry)
+    end
+    local previous_count = tonumber(redis.call('get', e.previous)) or 0
+    local previous_ttl = tonumber(redis.call('pttl', e.previous)) or 0
+    local current_count = tonumber(redis.call('get', e.current)) or 0
+    if previous_ttl <= 0 then
+        previous_ttl = 0
+    end
+    local weighted = math.floor(previous_count * previous_ttl / expiry) + current_count
+    return weighted + e.amount <= e.limit
+end
+
+local function take(e)
+    if e.kind == 'm' then
+        local stamps = {}
+        for i = 1, e.amount do
+            stamps[i] = now
+        end
+        for i = 1, #stamps, 5000 do
+            redis.call('lpush', e.key, unpack(stamps, i, math.min(i + 4999, #stamps)))
+        end
+        redis.call('ltrim', e.key, 0, e.limit - 1)
+        redis.call('expire', e.key, e.window)
+    elseif redis.call('exists', e.current) == 1 then
+        redis.call('incrby', e.current, e.amount)
+    else
+        redis.call('set', e.current, e.amount, 'PX', e.window * 2000)
+    end
+end
+
+for i, e in ipairs(entries) do
+    if not fits(e) then
+        return i
+    end
+    if mode == 'each' then
+        take(e)
+    end
+end
+if mode == 'all' then
+    for _, e in ipairs(entries) do
+        take(e)
+    end
+end
+return 0
+"""
+
+
 class Strategy(enum.Enum):
     MOVING = "moving-window"
     SLIDING = "sliding-window-counter"
@@ -106,6 +192,7 @@ class _Backend:
         self.moving = MovingWindowRateLimiter(self.storage)
         self.sliding = SlidingWindowCounterRateLimiter(self.storage)
         self.adjust_script = client.register_script(_ADJUST_SLIDING)
+        self.hit_all_script = client.register_script(_HIT_ALL)
         self.down_until = 0.0
 
 
@@ -204,6 +291,54 @@ def _sliding_wait(backend: _Backend, item: _Window, identifier: str, cost: int) 
     if cur <= room:
         return prev_ttl - (room - cur) * window / prev if prev else 0.0
     return max(0.0, cur_ttl - window) + window - room * window / cur
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One limit of a ``hit_all``: what ``Limiter.hit`` takes."""
+
+    limiter: Limiter
+    identifier: str
+    limit: int
+    window_s: int = 60
+    cost: int = 1
+
+
+def hit_all(*hits: Hit, all_or_nothing: bool) -> Decision:
+    """``Limiter.hit`` for several limits, in order, in one Redis round trip (one script,
+    so atomic), instead of one round trip each. The first refusal stops the rest and is
+    the answer; with ``all_or_nothing`` a refusal consumes nothing, otherwise the limits
+    before it stay consumed (as calling ``hit`` on each in turn would). Limits ``<= 0``
+    are unlimited and skipped; fails open like ``hit``."""
+    active = [hit for hit in hits if hit.limit > 0 and hit.cost > 0]
+    if not active:
+        return Decision.allow()
+    backend = _backend()
+    if time.monotonic() < backend.down_until:
+        return Decision.allow()
+    storage = backend.storage
+    keys: list[str] = []
+    args: list[str | int | float] = ["all" if all_or_nothing else "each", time.time()]
+    for hit in active:
+        key = hit.limiter._item(hit.limit, hit.window_s).key_for(hit.identifier)
+        if hit.limiter.strategy is Strategy.MOVING:
+            keys.append(storage.prefixed_key(key))
+            args += ["m", hit.limit, hit.window_s, hit.cost]
+        else:
+            keys += [storage.prefixed_key(storage._previous_window_key(key)), storage.prefixed_key(f"{{{key}}}")]
+            args += ["s", hit.limit, hit.window_s, hit.cost]
+    try:
+        refused_at = int(backend.hit_all_script(keys=keys, args=args))
+        if refused_at == 0:
+            return Decision.allow()
+        refused = active[refused_at - 1]
+        if refused.cost > refused.limit:
+            return Decision(False, refused.window_s)  # can never fit: the whole window
+        item = refused.limiter._item(refused.limit, refused.window_s)
+        return Decision(False, refused.limiter._retry_after(backend, item, refused.identifier, refused.cost))
+    except RedisError:
+        active[0].limiter._unavailable(backend)
+        return Decision.allow()
 
 
 def most_restrictive(*decisions: Decision) -> Decision:

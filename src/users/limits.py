@@ -26,7 +26,7 @@ from django.conf import settings
 
 from contracts.users import Principal
 from kernel.errors import DomainError
-from kernel.ratelimit import Decision, Limiter, Strategy
+from kernel.ratelimit import Decision, Hit, Limiter, Strategy, hit_all
 from users.models import APIKey, Organization
 
 KEY_REQUESTS = Limiter("key-rpm", Strategy.MOVING)
@@ -68,17 +68,20 @@ def request_throttle(principal: Principal) -> Decision:
     """Count one request against the key's and the organization's per-minute limits.
     The key is checked first: a key over its own limit does not use up its organization's."""
     window = _window()
-    by_key = KEY_REQUESTS.hit(
-        str(principal.api_key_id),
-        limit=_pick(principal.rate_limit_per_minute, settings.KEY_REQUESTS_PER_MINUTE),
-        window_s=window,
-    )
-    if not by_key.allowed:
-        return by_key
-    return ORG_REQUESTS.hit(
-        str(principal.organization_id),
-        limit=_pick(principal.organization_requests_per_minute, settings.ORG_REQUESTS_PER_MINUTE),
-        window_s=window,
+    return hit_all(  # one round trip for both
+        Hit(
+            KEY_REQUESTS,
+            str(principal.api_key_id),
+            _pick(principal.rate_limit_per_minute, settings.KEY_REQUESTS_PER_MINUTE),
+            window,
+        ),
+        Hit(
+            ORG_REQUESTS,
+            str(principal.organization_id),
+            _pick(principal.organization_requests_per_minute, settings.ORG_REQUESTS_PER_MINUTE),
+            window,
+        ),
+        all_or_nothing=False,
     )
 
 
@@ -156,14 +159,13 @@ def token_usage_reserve(*, organization_id: UUID, api_key_id: UUID | None, token
     A task without a key (``api_key_id=None``) counts against its organization only."""
     limits = _token_limits(organization_id, api_key_id)
     window = _window()
-    by_key = KEY_TOKENS.hit(str(api_key_id), limit=limits.key, window_s=window, cost=tokens)
-    refusal = by_key
-    if by_key.allowed:
-        refusal = ORG_TOKENS.hit(str(organization_id), limit=limits.organization, window_s=window, cost=tokens)
-        if refusal.allowed:
-            return
-        if limits.key > 0:  # give the key its share back: nothing was reserved
-            KEY_TOKENS.adjust(str(api_key_id), delta=-tokens, window_s=window)
+    refusal = hit_all(  # one round trip; a refusal by either reserves nothing on both
+        Hit(KEY_TOKENS, str(api_key_id), limits.key, window, tokens),
+        Hit(ORG_TOKENS, str(organization_id), limits.organization, window, tokens),
+        all_or_nothing=True,
+    )
+    if refusal.allowed:
+        return
     if tokens > min(x for x in (limits.key, limits.organization) if x > 0):
         detail = "This request alone needs more tokens than the per-minute limit allows; lower max_tokens."
         raise TokensRateLimited(detail, retry_after=refusal.retry_after_s)

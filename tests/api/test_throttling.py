@@ -12,6 +12,7 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
 from rest_framework.test import APIClient
 
+from users import services as users_services
 from users.models import APIKey, Organization, User
 
 pytestmark = pytest.mark.django_db
@@ -71,6 +72,32 @@ def test_a_key_over_its_own_limit_does_not_use_up_its_organization(make_tenant, 
     APIKey.objects.filter(id=noisy.api_key_id).update(rate_limit_per_minute=1)
     assert [noisy.client.get("/api/v1/me/").status_code for _ in range(6)] == [200] + [429] * 5
     assert [calm.client.get("/api/v1/me/").status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_the_key_and_organization_limits_cost_one_redis_round_trip(tenant, settings, monkeypatch) -> None:
+    """Both request windows (and, at submit, both token windows) are one script each."""
+    settings.KEY_REQUESTS_PER_MINUTE, settings.ORG_REQUESTS_PER_MINUTE = 100, 100
+    settings.KEY_TOKENS_PER_MINUTE, settings.ORG_TOKENS_PER_MINUTE = 100_000, 100_000
+    from redis import Redis
+
+    from users import limits
+
+    principal = users_services.api_key_authenticate(raw_key=tenant.issued.key)
+    limits.request_throttle(principal)  # loads the scripts
+    limits.token_usage_reserve(organization_id=principal.organization_id, api_key_id=principal.api_key_id, tokens=10)
+    scripts: list[str] = []
+    original = Redis.execute_command
+
+    def counting(self: Redis, *args: object, **options: object) -> object:
+        if str(args[0]).upper() in ("EVAL", "EVALSHA"):
+            scripts.append(str(args[0]))
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(Redis, "execute_command", counting)
+    assert limits.request_throttle(principal).allowed
+    assert scripts == ["EVALSHA"]
+    limits.token_usage_reserve(organization_id=principal.organization_id, api_key_id=principal.api_key_id, tokens=10)
+    assert scripts == ["EVALSHA", "EVALSHA"]
 
 
 def _sleep_until_fraction(fraction: float) -> None:
