@@ -187,19 +187,27 @@ async def stream_throttle(*, meta: Mapping[str, Any], raw_key: str) -> None:
 
 def _stream_throttle(address: str, raw_key: str) -> None:
     try:
-        refused = limits.auth_failure_check(address)
-        if not refused.allowed:
-            raise RateLimited("Too many failed authentications from this address.", retry_after=refused.retry_after_s)
-        try:
-            principal = api_key_authenticate(raw_key=raw_key)
-        except InvalidApiKey:
-            limits.auth_failure_record(address)
-            raise
-        decision = limits.request_throttle(principal)
-        if not decision.allowed:
-            raise RateLimited(retry_after=decision.retry_after_s)
+        stream_authenticate(address=address, raw_key=raw_key)
     finally:
         connection.close()
+
+
+def stream_authenticate(*, address: str, raw_key: str) -> Principal:
+    """``stream_throttle``'s checks, synchronously, returning the key's principal: for a
+    caller that does more database work in the same worker thread (and closes its
+    connection itself). ``address``: ``client_address(request.META)``."""
+    refused = limits.auth_failure_check(address)
+    if not refused.allowed:
+        raise RateLimited("Too many failed authentications from this address.", retry_after=refused.retry_after_s)
+    try:
+        principal = api_key_authenticate(raw_key=raw_key)
+    except InvalidApiKey:
+        limits.auth_failure_record(address)
+        raise
+    decision = limits.request_throttle(principal)
+    if not decision.allowed:
+        raise RateLimited(retry_after=decision.retry_after_s)
+    return principal
 
 
 def api_key_revoke(*, prefix: str, organization_id: UUID | None = None) -> ApiKeyInfo:

@@ -55,9 +55,14 @@ WRONG_ROLE_DETAIL = (
 )
 
 
-def _load_snapshot(raw_key: str, task_id: UUID) -> dict[str, Any]:
+def _open(address: str, raw_key: str, task_id: UUID, method: str) -> dict[str, Any] | None:
+    """In one worker thread (one hop, one pooled connection): the address's failed-login
+    budget, the key, its and its organization's request limits, then the task's state;
+    None for a method other than GET/HEAD (405 after authentication, like the DRF views)."""
     try:
-        principal = users.api_key_authenticate(raw_key=raw_key)
+        principal = users.stream_authenticate(address=address, raw_key=raw_key)
+        if method not in ("GET", "HEAD"):
+            return None
         return services.status_payload(services.task_get(organization_id=principal.organization_id, task_id=task_id))
     finally:
         connection.close()  # nothing below this line may hold a database connection
@@ -137,18 +142,20 @@ async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
             "Authentication credentials were not provided.",
             **{"WWW-Authenticate": 'Bearer realm="api"'},
         )
-    try:  # before any stream work: address (failed logins), key and organization limits
-        await users.stream_throttle(meta=request.META, raw_key=raw_key.strip())
-    except (users.RateLimited, users.InvalidApiKey) as exc:
-        return error_response(exc)
-    if request.method not in ("GET", "HEAD"):  # after authentication, like the DRF views
-        return _error(405, "method_not_allowed", f'Method "{request.method}" not allowed.', Allow="GET, HEAD")
     reader = AsyncStreamReader(task_id)
     handed_over = False
     try:
         # The stream position is taken before the snapshot, so nothing falls between them.
         last_id = await reader.last_id()
-        snapshot = await sync_to_async(_load_snapshot, thread_sensitive=False)(raw_key.strip(), task_id)
+        try:  # address (failed logins), key and organization limits, then the task: one hop
+            opened = await sync_to_async(_open, thread_sensitive=False)(
+                users.client_address(request.META), raw_key.strip(), task_id, request.method or ""
+            )
+        except (users.RateLimited, users.InvalidApiKey) as exc:
+            return error_response(exc)
+        if opened is None:
+            return _error(405, "method_not_allowed", f'Method "{request.method}" not allowed.', Allow="GET, HEAD")
+        snapshot = opened
         resume_from = request.headers.get("Last-Event-ID", "").strip()
         resume = resume_from if _EVENT_ID.match(resume_from) else None
         if snapshot["status"] in TERMINAL_STATUSES:
@@ -159,8 +166,6 @@ async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
             body = _stream(reader, snapshot, last_id)
         handed_over = True  # from here the stream's generator closes the reader
         return _event_stream(body)
-    except users.InvalidApiKey as exc:
-        return _error(401, exc.code, exc.detail)
     except services.TaskNotFound as exc:
         return _error(404, exc.code, exc.detail)
     except RedisError:
