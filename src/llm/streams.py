@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import redis.asyncio as aioredis
@@ -26,6 +26,10 @@ from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from contracts.llm import AITask as AITaskContract
+    from llm.models import AITask
 
 log = structlog.get_logger(__name__)
 MAX_EVENTS_PER_TASK = 5000
@@ -65,6 +69,25 @@ def publish(task_id: UUID | str, event: str, data: Mapping[str, Any]) -> str | N
         log.warning("stream_publish_failed", task_id=str(task_id), event_type=event, exc_info=True)
         return None
     return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+
+def status_payload(task: AITask | AITaskContract) -> dict[str, Any]:
+    """What a ``status`` event carries (no prompt: it may be large)."""
+    return {
+        "id": str(task.id),
+        "status": task.status,
+        "attempts": task.attempts,
+        "result": task.result,
+        "error": task.error,
+        "cached": task.cached,
+        "input_tokens": task.input_tokens,
+        "output_tokens": task.output_tokens,
+        "cost_usd": format(task.cost_usd, "f"),  # "0.0000000000", never "0E-10"
+    }
+
+
+def publish_status(task: AITask | AITaskContract) -> str | None:
+    return publish(task.id, "status", status_payload(task))
 
 
 def publish_attempt(task_id: UUID | str, attempt: int) -> str | None:

@@ -11,7 +11,7 @@ from django.db import connection
 
 from llm.api.sse import _load_snapshot
 from llm.services import TaskNotFound
-from users.services import InvalidApiKey
+from users.services import InvalidApiKey, api_key_authenticate, bearer_authenticate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,14 +36,27 @@ def in_thread(function, *args):
 
 def test_snapshot_closes_its_connection(tenant) -> None:
     task_id = tenant.client.post("/api/v1/ai-tasks/", {"prompt": "Watch me run"}, format="json").json()["id"]
-    outcome = in_thread(_load_snapshot, tenant.issued.key, uuid.UUID(task_id))
+    outcome = in_thread(_load_snapshot, api_key_authenticate(raw_key=tenant.issued.key), uuid.UUID(task_id))
     assert outcome["result"]["status"] == "pending"
     assert outcome["connection_open"] is False
 
 
-@pytest.mark.parametrize("failure", ["bad key", "other task"])
-def test_connection_is_closed_on_refusal_too(tenant, failure: str) -> None:
-    key = "sy_00000000_not-a-key" if failure == "bad key" else tenant.issued.key
-    outcome = in_thread(_load_snapshot, key, uuid.uuid4())
-    assert isinstance(outcome["error"], InvalidApiKey if failure == "bad key" else TaskNotFound)
+def test_connection_is_closed_on_a_missing_task_too(tenant) -> None:
+    outcome = in_thread(_load_snapshot, api_key_authenticate(raw_key=tenant.issued.key), uuid.uuid4())
+    assert isinstance(outcome["error"], TaskNotFound)
+    assert outcome["connection_open"] is False
+
+
+@pytest.mark.parametrize("key", ["valid", "sy_00000000_not-a-key"])
+def test_stream_authentication_closes_its_connection(tenant, key: str) -> None:
+    """``stream_authenticate``'s thread (key lookup, throttle) lets go of its connection,
+    also when the key is refused."""
+    from users.services import _stream_authenticate
+
+    header = f"Bearer {tenant.issued.key if key == 'valid' else key}"
+    outcome = in_thread(_stream_authenticate, header, {"REMOTE_ADDR": "127.0.0.1"})
+    if key == "valid":
+        assert outcome["result"] == bearer_authenticate(authorization=header, meta={"REMOTE_ADDR": "127.0.0.1"})
+    else:
+        assert isinstance(outcome["error"], InvalidApiKey)
     assert outcome["connection_open"] is False

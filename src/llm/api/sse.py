@@ -33,12 +33,13 @@ import structlog
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
-from kernel.errors import error_body, error_response
+from contracts.users import Principal
+from kernel.errors import DomainError, error_response
 from llm import services
 from llm.streams import AsyncStreamReader, StreamEvent, id_order, is_terminal
 from users import services as users
@@ -53,9 +54,29 @@ WRONG_ROLE_DETAIL = (
 )
 
 
-def _load_snapshot(raw_key: str, task_id: UUID) -> dict[str, Any]:
+class WrongRole(DomainError):
+    status_code = 421
+    code = "use_stream_role"
+    default_detail = WRONG_ROLE_DETAIL
+
+
+class MethodNotAllowed(DomainError):
+    status_code = 405
+    code = "method_not_allowed"
+    headers = {"Allow": "GET, HEAD"}
+
+
+class StreamUnavailable(DomainError):
+    status_code = 503
+    code = "stream_unavailable"
+    default_detail = "The event stream is unavailable; retry shortly."
+
+    def __init__(self) -> None:
+        super().__init__(retry_after=5)
+
+
+def _load_snapshot(principal: Principal, task_id: UUID) -> dict[str, Any]:
     try:
-        principal = users.api_key_authenticate(raw_key=raw_key)
         return services.status_payload(services.task_get(organization_id=principal.organization_id, task_id=task_id))
     finally:
         connection.close()  # nothing below this line may hold a database connection
@@ -63,10 +84,6 @@ def _load_snapshot(raw_key: str, task_id: UUID) -> dict[str, Any]:
 
 def _frame(event: StreamEvent) -> bytes:
     return f"id: {event.id}\nevent: {event.event}\ndata: {json.dumps(event.data)}\n\n".encode()
-
-
-def _error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
-    return JsonResponse(error_body(status_code=status, code=code, detail=detail), status=status, headers=headers)
 
 
 def _event_stream(body: AsyncIterator[bytes] | bytes) -> HttpResponseBase:
@@ -125,28 +142,28 @@ async def _ended(reader: AsyncStreamReader, snapshot: dict[str, Any], resume_fro
 
 @csrf_exempt  # Bearer keys, no cookies: CSRF does not apply; other methods get a JSON 405 below
 async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
-    if not isinstance(request, ASGIRequest):  # WSGI: this would hold a worker thread
-        return _error(421, "use_stream_role", WRONG_ROLE_DETAIL)
-    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not raw_key.strip():
-        return _error(
-            401,
-            "not_authenticated",
-            "Authentication credentials were not provided.",
-            **{"WWW-Authenticate": 'Bearer realm="api"'},
-        )
-    try:  # before any stream work: address (failed logins), key and organization limits
-        await users.stream_throttle(meta=request.META, raw_key=raw_key.strip())
-    except (users.RateLimited, users.InvalidApiKey) as exc:
+    try:
+        return await _task_events(request, task_id)
+    except DomainError as exc:  # the API's one error shape (kernel.errors), as in DRF views
         return error_response(exc)
+
+
+async def _task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
+    if not isinstance(request, ASGIRequest):  # WSGI: this would hold a worker thread
+        raise WrongRole()
+    # Before any stream work: the address's failed logins, the key, the key's and the
+    # organization's request limits (the same path as every DRF view).
+    principal = await users.stream_authenticate(
+        authorization=request.headers.get("Authorization", ""), meta=request.META
+    )
     if request.method not in ("GET", "HEAD"):  # after authentication, like the DRF views
-        return _error(405, "method_not_allowed", f'Method "{request.method}" not allowed.', Allow="GET, HEAD")
+        raise MethodNotAllowed(f'Method "{request.method}" not allowed.')
     reader = AsyncStreamReader(task_id)
     handed_over = False
     try:
         # The stream position is taken before the snapshot, so nothing falls between them.
         last_id = await reader.last_id()
-        snapshot = await sync_to_async(_load_snapshot, thread_sensitive=False)(raw_key.strip(), task_id)
+        snapshot = await sync_to_async(_load_snapshot, thread_sensitive=False)(principal, task_id)
         resume_from = request.headers.get("Last-Event-ID", "").strip()
         resume = resume_from if _EVENT_ID.match(resume_from) else None
         if snapshot["status"] in TERMINAL_STATUSES:
@@ -157,15 +174,9 @@ async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
             body = _stream(reader, snapshot, last_id)
         handed_over = True  # from here the stream's generator closes the reader
         return _event_stream(body)
-    except users.InvalidApiKey as exc:
-        return _error(401, exc.code, exc.detail)
-    except services.TaskNotFound as exc:
-        return _error(404, exc.code, exc.detail)
-    except RedisError:
+    except RedisError as exc:
         log.warning("sse_redis_unavailable", task_id=str(task_id), exc_info=True)
-        return _error(
-            503, "stream_unavailable", "The event stream is unavailable; retry shortly.", **{"Retry-After": "5"}
-        )
+        raise StreamUnavailable() from exc
     finally:
         if not handed_over:
             await reader.close()
