@@ -46,13 +46,15 @@ class TaskSubmission(Contract):
     fallback_models: list[str] = []
 
 
-class AITask(Contract):
+class AITaskSummary(Contract):
+    """An AI task without its input (prompt and messages can be large): what lists and
+    batch reads return; their queries never load those columns."""
+
     id: UUID
     organization_id: UUID
     status: TaskStatus
     priority: TaskPriority
     model: str
-    prompt: str
     max_tokens: int
     result: str | None
     error: str | None
@@ -73,8 +75,14 @@ class AITask(Contract):
     served_model: str = ""
 
 
+class AITask(AITaskSummary):
+    """One AI task, its prompt included (a single read, a submit, a cancel)."""
+
+    prompt: str
+
+
 class AITaskPage(Contract):
-    results: list[AITask]
+    results: list[AITaskSummary]
     next_cursor: str | None
 
 

@@ -12,12 +12,12 @@ from django.utils import timezone
 
 from billing import services as billing
 from contracts.llm import AITask as AITaskContract
-from contracts.llm import AITaskPage
+from contracts.llm import AITaskPage, AITaskSummary
 from kernel.errors import ConflictError, NotFoundError
 from llm import selectors, streams
 from llm.limits import task_token_estimate
 from llm.models import AITask
-from llm.services.mapping import to_task
+from llm.services.mapping import to_summary, to_task
 from llm.services.terminal import announce_terminal
 from users import services as users
 
@@ -44,17 +44,16 @@ def task_list(
     *, organization_id: UUID, status: str | None = None, cursor: str | None = None, limit: int = 20
 ) -> AITaskPage:
     rows, next_cursor = selectors.task_page(organization_id=organization_id, status=status, cursor=cursor, limit=limit)
-    return AITaskPage(results=[to_task(row) for row in rows], next_cursor=next_cursor)
+    return AITaskPage(results=[to_summary(row) for row in rows], next_cursor=next_cursor)
 
 
-def tasks_get_many(*, organization_id: UUID, task_ids: Iterable[UUID]) -> dict[UUID, AITaskContract]:
-    """The organization's tasks among ``task_ids``, by id, in one query (unknown ids are
-    absent). The chat context reads the tasks of its turns with it."""
+def tasks_get_many(*, organization_id: UUID, task_ids: Iterable[UUID]) -> dict[UUID, AITaskSummary]:
+    """The organization's tasks among ``task_ids``, by id, in one query that does not load
+    their input (unknown ids are absent). The chat context reads its turns' tasks with it."""
     ids = list(task_ids)
     if not ids:
         return {}
-    rows = selectors.task_queryset(organization_id=organization_id).filter(id__in=ids)
-    return {row.id: to_task(row) for row in rows}
+    return {row.id: to_summary(row) for row in selectors.task_many(organization_id=organization_id, task_ids=ids)}
 
 
 def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
