@@ -43,6 +43,7 @@ def task_rerun(*, task_id: UUID) -> AITaskContract:
                 model=task.model,
                 estimated_input_tokens=input_token_estimate(prompt=task.prompt, messages=task.messages),
                 max_output_tokens=task.max_tokens,
+                fallback_models=list(task.fallback_models),
             )
         )
         AITask.objects.filter(pk=task.pk).update(

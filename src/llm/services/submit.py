@@ -71,6 +71,7 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
                 model=submission.model,
                 estimated_input_tokens=input_token_estimate(prompt=submission.prompt, messages=submission.messages),
                 max_output_tokens=submission.max_tokens,
+                fallback_models=list(submission.fallback_models),
             )
         )
         task = AITask.objects.create(
