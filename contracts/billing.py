@@ -37,6 +37,9 @@ class ReservationRequest(Contract):
     model: str
     estimated_input_tokens: int
     max_output_tokens: int
+    # Models that may answer instead (fallbacks): the hold covers the dearest of them all,
+    # since the task is charged at the price of the model that answered.
+    fallback_models: list[str] = []
 
 
 class Reservation(Contract):

@@ -11,6 +11,7 @@ from contracts.base import Contract
 
 TaskStatus = Literal["pending", "processing", "done", "failed", "cancelled"]
 TaskPriority = Literal["high", "normal", "low"]
+QueueName = Literal["priority", "default", "low"]
 OPEN_STATUSES: tuple[TaskStatus, ...] = ("pending", "processing")
 TERMINAL_STATUSES: tuple[TaskStatus, ...] = ("done", "failed", "cancelled")
 QUEUE_FOR_PRIORITY: dict[str, str] = {"high": "priority", "normal": "default", "low": "low"}
@@ -45,13 +46,15 @@ class TaskSubmission(Contract):
     fallback_models: list[str] = []
 
 
-class AITask(Contract):
+class AITaskSummary(Contract):
+    """An AI task without its input (prompt and messages can be large): what lists and
+    batch reads return; their queries never load those columns."""
+
     id: UUID
     organization_id: UUID
     status: TaskStatus
     priority: TaskPriority
     model: str
-    prompt: str
     max_tokens: int
     result: str | None
     error: str | None
@@ -72,8 +75,14 @@ class AITask(Contract):
     served_model: str = ""
 
 
+class AITask(AITaskSummary):
+    """One AI task, its prompt included (a single read, a submit, a cancel)."""
+
+    prompt: str
+
+
 class AITaskPage(Contract):
-    results: list[AITask]
+    results: list[AITaskSummary]
     next_cursor: str | None
 
 
@@ -81,7 +90,62 @@ class QueueDepth(Contract):
     """AI tasks waiting (``pending``) for one queue, and how many of them the dispatch
     gate still holds in PostgreSQL (not yet handed to the broker)."""
 
-    queue: Literal["priority", "default", "low"]
-    priority: Literal["high", "normal", "low"]
+    queue: QueueName
+    priority: TaskPriority
     pending: int
     held: int
+
+
+class QueueStats(Contract):
+    """One queue as ``/metrics`` sees it, from PostgreSQL (the gate keeps the broker short)."""
+
+    queue: QueueName
+    held: int  # pending, waiting at the gate (dispatched_at NULL)
+    sent: int  # pending, in the broker or a worker's prefetch
+    processing: int
+    oldest_pending_age_s: float  # 0 when nothing due is waiting
+
+    @property
+    def depth(self) -> int:
+        return self.held + self.sent
+
+
+# -- what the worker-side services report back to their Celery entry points -----------
+
+
+class ExecutionOutcome(Contract):
+    """How one run of ``task_execute`` ended, for the Celery task and the metrics."""
+
+    kind: Literal["done", "failed", "retry", "skipped", "discarded", "cancelled"]
+    countdown: float | None = None
+    queue: QueueName | None = None
+    code: str | None = None  # the error code of a failure or a retry (metrics)
+
+
+class WebhookOutcome(Contract):
+    """How one delivery attempt of a task's webhook ended; ``retry`` carries the countdown."""
+
+    kind: Literal["delivered", "retry", "failed", "skipped"]
+    countdown: float | None = None
+
+
+class FillReport(Contract):
+    """One pass of the dispatch gate over a queue: its window, the messages outstanding
+    before the pass (-1 when another process held the queue's lock) and how many it sent."""
+
+    queue: str
+    window: int
+    outstanding: int
+    sent: int
+
+
+class SweepReport(Contract):
+    """What one sweep repaired (``llm.sweep_tasks`` every SWEEPER_INTERVAL_S)."""
+
+    redispatched: int = 0
+    lease_expired: int = 0
+    failed: int = 0
+    reservations_released: int = 0
+    webhooks_requeued: int = 0
+    expired: int = 0
+    errors: int = 0

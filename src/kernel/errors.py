@@ -23,6 +23,7 @@ class DomainError(Exception):
     status_code: ClassVar[int] = status.HTTP_400_BAD_REQUEST
     code: ClassVar[str] = "domain_error"
     default_detail: ClassVar[str] = "The request could not be completed."
+    headers: ClassVar[dict[str, str]] = {}  # sent with the error response (WWW-Authenticate, Allow)
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         self.detail = detail or self.default_detail
@@ -56,16 +57,18 @@ def error_body(
     return body
 
 
-def _retry_after(exc: DomainError) -> dict[str, str]:
-    """A 429 or 503 whose ``retry_after`` (whole seconds) is known says so in the header too."""
+def _headers(exc: DomainError) -> dict[str, str]:
+    """The error's own headers; a 429 or 503 whose ``retry_after`` (whole seconds) is known
+    says so in ``Retry-After`` too."""
     wait = exc.extra.get("retry_after")
-    return {"Retry-After": str(int(wait))} if isinstance(wait, int) and exc.status_code in (429, 503) else {}
+    retry = {"Retry-After": str(int(wait))} if isinstance(wait, int) and exc.status_code in (429, 503) else {}
+    return {**exc.headers, **retry}
 
 
 def error_response(exc: DomainError) -> JsonResponse:
     """A domain error as a plain Django response, for views outside DRF (the SSE stream)."""
     body = error_body(status_code=exc.status_code, code=exc.code, detail=exc.detail, **exc.extra)
-    return JsonResponse(body, status=exc.status_code, headers=_retry_after(exc))
+    return JsonResponse(body, status=exc.status_code, headers=_headers(exc))
 
 
 def _flatten(detail: Any, attr: str | None = None) -> list[dict[str, Any]]:
@@ -93,7 +96,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             error_body(status_code=exc.status_code, code=exc.code, detail=exc.detail, **exc.extra),
             status=exc.status_code,
-            headers=_retry_after(exc),
+            headers=_headers(exc),
         )
     if isinstance(exc, RequestDataTooBig):
         exc = exceptions.APIException("Request body is too large.")

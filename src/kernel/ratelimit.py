@@ -247,8 +247,8 @@ class Limiter:
         keys = [storage.prefixed_key(storage._previous_window_key(key)), storage.prefixed_key(f"{{{key}}}")]
         try:
             backend.adjust_script(keys=keys, args=[window_s, delta])
-        except RedisError:
-            self._unavailable(backend)
+        except RedisError as exc:
+            self._unavailable(backend, exc)
 
     def _run(self, identifier: str, *, limit: int, window_s: int, cost: int, consume: bool) -> Decision:
         if limit <= 0 or cost <= 0:
@@ -265,8 +265,8 @@ class Limiter:
             if ok:
                 return Decision.allow()
             return Decision(False, self._retry_after(backend, item, identifier, cost))
-        except RedisError:
-            self._unavailable(backend)
+        except RedisError as exc:
+            self._unavailable(backend, exc)
             return Decision.allow()
 
     def _retry_after(self, backend: _Backend, item: _Window, identifier: str, cost: int) -> int:
@@ -277,9 +277,10 @@ class Limiter:
             wait = _sliding_wait(backend, item, identifier, cost)
         return min(2 * window_s, max(1, math.ceil(wait)))
 
-    def _unavailable(self, backend: _Backend) -> None:
+    def _unavailable(self, backend: _Backend, exc: RedisError) -> None:
         backend.down_until = time.monotonic() + REDIS_DOWN_SKIP_S
-        log.warning("ratelimit_unavailable", limit=self.namespace, exc_info=True)
+        # One line, no traceback: an outage is expected here and the cause is in the message.
+        log.warning("ratelimit_unavailable", limit=self.namespace, error=type(exc).__name__, detail=str(exc)[:200])
 
 
 def _sliding_wait(backend: _Backend, item: _Window, identifier: str, cost: int) -> float:
@@ -336,8 +337,8 @@ def hit_all(*hits: Hit, all_or_nothing: bool) -> Decision:
             return Decision(False, refused.window_s)  # can never fit: the whole window
         item = refused.limiter._item(refused.limit, refused.window_s)
         return Decision(False, refused.limiter._retry_after(backend, item, refused.identifier, refused.cost))
-    except RedisError:
-        active[0].limiter._unavailable(backend)
+    except RedisError as exc:
+        active[0].limiter._unavailable(backend, exc)
         return Decision.allow()
 
 

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,8 +35,9 @@ from django_redis import get_redis_connection
 from redis.commands.core import Script
 from redis.exceptions import RedisError
 
+from contracts.llm import ChatMessage
 from kernel.ratelimit import Limiter, Strategy
-from llm.providers.tokens import estimate_tokens
+from llm.providers.tokens import estimate_prompt_tokens, estimate_tokens
 
 log = structlog.get_logger(__name__)
 MODEL_TOKENS = Limiter("llm-model-tpm", Strategy.SLIDING)
@@ -113,10 +114,20 @@ def model_limits(model: str) -> ModelLimits:
     return _parse(settings.LLM_MODEL_LIMITS).get(model, ModelLimits())
 
 
-def task_token_estimate(*, prompt: str, max_tokens: int) -> int:
-    """What a task may use at most: its prompt estimate plus ``max_tokens``. The same
+def input_token_estimate(*, prompt: str, messages: Sequence[Mapping[str, str] | ChatMessage] | None) -> int:
+    """The input of a task: the whole message list of a conversation turn (system prompt
+    and earlier turns included), else the prompt."""
+    if not messages:
+        return estimate_tokens(prompt)
+    return estimate_prompt_tokens(m.content if isinstance(m, ChatMessage) else m["content"] for m in messages)
+
+
+def task_token_estimate(
+    *, prompt: str, messages: Sequence[Mapping[str, str] | ChatMessage] | None, max_tokens: int
+) -> int:
+    """What a task may use at most: its input estimate plus ``max_tokens``. The same
     number is reserved at submit and replaced by the real count when the task settles."""
-    return estimate_tokens(prompt) + max_tokens
+    return input_token_estimate(prompt=prompt, messages=messages) + max_tokens
 
 
 def _key(kind: str, model: str) -> str:

@@ -22,12 +22,22 @@ class InvalidCursor(DomainError):
     default_detail = "The cursor is not valid."
 
 
+# A task's input, possibly large (a conversation turn carries the whole transcript): lists
+# and batch reads never load it (``services.mapping.to_summary`` does not read it).
+INPUT_FIELDS = ("prompt", "messages")
+
+
 def task_queryset(*, organization_id: UUID) -> QuerySet[AITask]:
     return AITask.objects.filter(organization_id=organization_id)
 
 
 def task_find(*, organization_id: UUID, task_id: UUID) -> AITask | None:
-    return task_queryset(organization_id=organization_id).filter(id=task_id).first()
+    return task_queryset(organization_id=organization_id).defer("messages").filter(id=task_id).first()
+
+
+def task_many(*, organization_id: UUID, task_ids: list[UUID]) -> QuerySet[AITask]:
+    """The organization's tasks among ``task_ids``, without their input."""
+    return task_queryset(organization_id=organization_id).defer(*INPUT_FIELDS).filter(id__in=task_ids)
 
 
 def encode_cursor(task: AITask) -> str:
@@ -96,7 +106,7 @@ def _task_page(
     limit: int,
     keyset: Callable[[QuerySet[AITask], datetime, UUID], QuerySet[AITask]],
 ) -> _Page:
-    tasks = task_queryset(organization_id=organization_id)
+    tasks = task_queryset(organization_id=organization_id).defer(*INPUT_FIELDS)
     if status:
         tasks = tasks.filter(status=status)
     if after is not None:

@@ -20,9 +20,10 @@ import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
+import redis
 import redis.asyncio as aioredis
 import structlog
 from django.conf import settings
@@ -30,6 +31,10 @@ from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from contracts.llm import AITask as AITaskContract
+    from llm.models import AITask
 
 log = structlog.get_logger(__name__)
 MAX_EVENTS_PER_TASK = 5000
@@ -69,6 +74,25 @@ def publish(task_id: UUID | str, event: str, data: Mapping[str, Any]) -> str | N
         log.warning("stream_publish_failed", task_id=str(task_id), event_type=event, exc_info=True)
         return None
     return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+
+def status_payload(task: AITask | AITaskContract) -> dict[str, Any]:
+    """What a ``status`` event carries (no prompt: it may be large)."""
+    return {
+        "id": str(task.id),
+        "status": task.status,
+        "attempts": task.attempts,
+        "result": task.result,
+        "error": task.error,
+        "cached": task.cached,
+        "input_tokens": task.input_tokens,
+        "output_tokens": task.output_tokens,
+        "cost_usd": format(task.cost_usd, "f"),  # "0.0000000000", never "0E-10"
+    }
+
+
+def publish_status(task: AITask | AITaskContract) -> str | None:
+    return publish(task.id, "status", status_payload(task))
 
 
 def publish_attempt(task_id: UUID | str, attempt: int) -> str | None:
@@ -123,6 +147,23 @@ COMMAND_CONNECTIONS = 16  # per event loop, for the short commands (XREVRANGE, X
 POOL_WAIT_S = 10.0  # a command waits this long for a free connection before it fails
 CONNECT_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 5.0
+
+
+_sync_readers: dict[str, redis.Redis] = {}
+
+
+def last_event_id(task_id: UUID | str) -> str:
+    """The id of the stream's latest event (``"0-0"`` when it has none), from a worker
+    thread: the SSE view takes it in the same thread as the key lookup and the snapshot.
+    One client per Redis URL (settings.REDIS_URL, the stream reader's), shared by threads."""
+    url = settings.REDIS_URL
+    client = _sync_readers.get(url)
+    if client is None:
+        client = _sync_readers.setdefault(
+            url, redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S)
+        )
+    entries = cast("list[Any]", client.xrevrange(stream_key(task_id), count=1))
+    return _decode(entries[0][0], entries[0][1]).id if entries else "0-0"
 
 
 class _Watch:

@@ -8,7 +8,6 @@ signals below start the process's keeper (leases, deadlines, cancel, the gate's 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
@@ -35,7 +34,7 @@ def deliver_webhook(self: Task[[str], str], task_id: str) -> str:
 
 @shared_task(name="llm.sweep_tasks", ignore_result=True)
 def sweep_tasks() -> dict[str, int]:
-    return asdict(services.tasks_sweep())
+    return services.tasks_sweep().model_dump()
 
 
 @signals.worker_ready.connect

@@ -20,6 +20,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from contracts.users import ApiKeyInfo, ApiKeyIssued, Organization, Principal
+from kernel import context
 from kernel.errors import DomainError, NotFoundError
 from users import emails, limits
 from users.limits import RateLimited as RateLimited  # re-exported: the public surface of the limits
@@ -37,9 +38,24 @@ KEY_PREFIX = "sy_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-class InvalidApiKey(DomainError):
+class Unauthenticated(DomainError):
+    """A 401 of the API key scheme (the response names the scheme in ``WWW-Authenticate``)."""
+
     status_code = 401
     code = "authentication_failed"
+    headers = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+class NotAuthenticated(Unauthenticated):
+    code = "not_authenticated"
+    default_detail = "Authentication credentials were not provided."
+
+
+class MalformedAuthorization(Unauthenticated):
+    default_detail = "Use 'Authorization: Bearer <api key>'."
+
+
+class InvalidApiKey(Unauthenticated):
     default_detail = "Invalid or revoked API key."
 
 
@@ -178,32 +194,55 @@ def api_key_authenticate(*, raw_key: str) -> Principal:
     return principal
 
 
-async def stream_throttle(*, meta: Mapping[str, Any], raw_key: str) -> None:
-    """For the SSE view (not a DRF view): the address's failed-login budget before the
-    key lookup, then the key's and organization's request limits. Raises ``RateLimited``
-    or ``InvalidApiKey``. The lookup runs in a worker thread that closes its connection."""
-    await sync_to_async(_stream_throttle, thread_sensitive=False)(limits.client_address(meta), raw_key)
+def bearer_authenticate(*, authorization: str, meta: Mapping[str, Any]) -> Principal:
+    """The one authentication path of the API: DRF's ``ApiKeyAuthentication`` and the SSE
+    view both call it with the ``Authorization`` header and the request's META.
 
-
-def _stream_throttle(address: str, raw_key: str) -> None:
-    try:
-        stream_authenticate(address=address, raw_key=raw_key)
-    finally:
-        connection.close()
-
-
-def stream_authenticate(*, address: str, raw_key: str) -> Principal:
-    """``stream_throttle``'s checks, synchronously, returning the key's principal: for a
-    caller that does more database work in the same worker thread (and closes its
-    connection itself). ``address``: ``client_address(request.META)``."""
+    Raises ``NotAuthenticated`` (no header), ``MalformedAuthorization`` (not ``Bearer
+    <key>``), ``RateLimited`` (too many failed attempts from the address: refused before
+    the lookup, so guessing costs nothing but time) or ``InvalidApiKey`` (counted as a
+    failed attempt). Binds the organization, key and user to the request's log context."""
+    if not authorization.strip():
+        raise NotAuthenticated()
+    scheme, _, raw_key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not raw_key.strip():
+        raise MalformedAuthorization()
+    address = limits.client_address(meta)
     refused = limits.auth_failure_check(address)
     if not refused.allowed:
         raise RateLimited("Too many failed authentications from this address.", retry_after=refused.retry_after_s)
     try:
-        principal = api_key_authenticate(raw_key=raw_key)
+        principal = api_key_authenticate(raw_key=raw_key.strip())
     except InvalidApiKey:
         limits.auth_failure_record(address)
         raise
+    context.bind(
+        organization_id=str(principal.organization_id),
+        api_key_id=str(principal.api_key_id),
+        user_id=principal.user_id,
+    )
+    return principal
+
+
+async def stream_authenticate(*, authorization: str, meta: Mapping[str, Any]) -> Principal:
+    """For the SSE view (async, not a DRF view): ``bearer_authenticate`` and then the key's
+    and organization's request limits (DRF views get those from their throttle class), in
+    a worker thread that closes its database connection, so an open stream holds none."""
+    return await sync_to_async(_stream_authenticate, thread_sensitive=False)(authorization, meta)
+
+
+def _stream_authenticate(authorization: str, meta: Mapping[str, Any]) -> Principal:
+    try:
+        return stream_authorize(authorization=authorization, meta=meta)
+    finally:
+        connection.close()
+
+
+def stream_authorize(*, authorization: str, meta: Mapping[str, Any]) -> Principal:
+    """``stream_authenticate``'s checks, synchronously, leaving the connection to the caller:
+    for a caller that does more database work in the same worker thread (the SSE view's
+    one hop) and closes the connection itself."""
+    principal = bearer_authenticate(authorization=authorization, meta=meta)
     decision = limits.request_throttle(principal)
     if not decision.allowed:
         raise RateLimited(retry_after=decision.retry_after_s)

@@ -25,7 +25,7 @@ def submit(tenant, **body):
 
 
 def test_estimate_is_prompt_estimate_plus_max_tokens() -> None:
-    assert task_token_estimate(prompt=PROMPT, max_tokens=1000) == ESTIMATE
+    assert task_token_estimate(prompt=PROMPT, messages=None, max_tokens=1000) == ESTIMATE
 
 
 def test_key_over_its_tokens_per_minute_gets_429_until_corrected(tenant, settings) -> None:
@@ -114,3 +114,39 @@ def test_cache_hits_reserve_no_tokens(tenant, settings) -> None:
     response_cache.put(key, response_cache.CachedAnswer(text="cached", input_tokens=8, output_tokens=2))
     assert [submit(tenant).json()["cached"] for _ in range(3)] == [True, True, True]
     assert submit(tenant, cache=False).status_code == 202
+
+
+def test_a_conversation_turn_counts_its_whole_message_list(tenant, settings) -> None:
+    """A turn's provider input is every message (system prompt and earlier turns), so its
+    tokens-per-minute estimate is too: here the last message alone would fit, the list not."""
+    from contracts.llm import ChatMessage, TaskSubmission
+    from llm import services as llm
+
+    history = [
+        ChatMessage(role="system", content="You are terse. " * 50),
+        ChatMessage(role="user", content="Tell me about the report. " * 40),
+        ChatMessage(role="assistant", content="It says revenue grew. " * 40),
+        ChatMessage(role="user", content=PROMPT),
+    ]
+    whole = task_token_estimate(prompt=PROMPT, messages=history, max_tokens=100)
+    assert whole > task_token_estimate(prompt=PROMPT, messages=None, max_tokens=100) + 500
+    settings.KEY_TOKENS_PER_MINUTE = whole - 1
+    submission = TaskSubmission(
+        organization_id=uuid.UUID(tenant.organization_id),
+        api_key_id=uuid.UUID(tenant.api_key_id),
+        prompt=PROMPT,
+        messages=history,
+        model="fake-small",
+        max_tokens=100,
+        use_cache=False,
+    )
+    with pytest.raises(users.TokensRateLimited):
+        llm.task_submit(submission)
+    settings.KEY_TOKENS_PER_MINUTE = whole
+    task = llm.task_submit(submission)
+    assert task.status == "pending"
+    users.token_usage_correct(  # settling at the estimate leaves no room for one more token
+        organization_id=task.organization_id, api_key_id=uuid.UUID(tenant.api_key_id), estimated=whole, actual=whole
+    )
+    with pytest.raises(users.TokensRateLimited):
+        llm.task_submit(submission.model_copy(update={"max_tokens": 1}))

@@ -26,6 +26,7 @@ def reserve(
     input_tokens: int = 1000,
     output_tokens: int = 1000,
     task_id: UUID | None = None,
+    fallback_models: list[str] | None = None,
 ) -> Reservation:
     return billing.budget_reserve(
         ReservationRequest(
@@ -35,6 +36,7 @@ def reserve(
             model=model,
             estimated_input_tokens=input_tokens,
             max_output_tokens=output_tokens,
+            fallback_models=fallback_models or [],
         )
     )
 

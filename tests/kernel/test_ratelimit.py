@@ -8,6 +8,7 @@ import time
 import pytest
 from django_redis import get_redis_connection
 from redis import Redis
+from structlog.testing import capture_logs
 
 from kernel import ratelimit
 from kernel.ratelimit import REDIS_DOWN_SKIP_S, Decision, Hit, Limiter, Strategy, most_restrictive
@@ -85,7 +86,12 @@ def test_fails_open_and_skips_redis_for_a_while_when_it_is_down(settings) -> Non
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
         }
     }
-    assert MOVING.hit("a", limit=1).allowed  # one timeout, then allowed
+    with capture_logs() as logs:
+        assert MOVING.hit("a", limit=1).allowed  # one timeout, then allowed
+    # One warning line naming the error, without a traceback per request.
+    assert [(e["event"], e["error"], "exc_info" in e) for e in logs] == [
+        ("ratelimit_unavailable", "ConnectionError", False)
+    ]
     # For the next REDIS_DOWN_SKIP_S the process does not try Redis (no timeout per call).
     assert ratelimit._backend().down_until > time.monotonic() + REDIS_DOWN_SKIP_S - 1
     assert all(MOVING.hit("a", limit=1).allowed for _ in range(20))

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def run(django_capture_on_commit_callbacks):
-    def execute(task_id: str) -> services.Outcome:
+    def execute(task_id: str) -> services.ExecutionOutcome:
         with django_capture_on_commit_callbacks(execute=True):
             return services.task_execute(task_id=uuid.UUID(task_id))
 
@@ -246,7 +246,7 @@ class TestSweeper:
 
     def test_fresh_and_open_tasks_are_left_alone(self, tenant) -> None:
         submit(tenant)
-        assert services.tasks_sweep() == services.SweepReport(0, 0, 0, 0)
+        assert services.tasks_sweep() == services.SweepReport()
 
     def test_orphaned_reservation_is_released_after_its_task_ended(self, tenant, settings) -> None:
         from contracts.billing import ReservationRequest

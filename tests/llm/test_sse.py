@@ -1,6 +1,7 @@
-"""The SSE view's database work, in one worker thread: authenticate, count the request
-against the limits and read the snapshot, then let go of the connection before waiting
-on Redis (SPEC §4: an open stream holds no database connection)."""
+"""The SSE view's database work, in one worker thread (``_open``): authenticate, count the
+request against the limits, take the stream's position and read the snapshot, then let go
+of the connection before waiting on Redis (SPEC §4: an open stream holds no database
+connection)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import uuid
 import pytest
 from django.db import connection
 
-from llm.api.sse import _open
+from llm.api.sse import MethodNotAllowed, _open
 from llm.services import TaskNotFound
-from users.services import InvalidApiKey, RateLimited
+from llm.streams import publish_delta
+from users.services import InvalidApiKey, RateLimited, bearer_authenticate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,28 +37,46 @@ def in_thread(function, *args):
     return outcome
 
 
-def test_snapshot_closes_its_connection(tenant) -> None:
+META = {"REMOTE_ADDR": "127.0.0.1"}
+
+
+def test_open_takes_the_position_and_the_snapshot_and_closes_its_connection(tenant) -> None:
     task_id = tenant.client.post("/api/v1/ai-tasks/", {"prompt": "Watch me run"}, format="json").json()["id"]
-    outcome = in_thread(_open, "127.0.0.1", tenant.issued.key, uuid.UUID(task_id), "GET")
-    assert outcome["result"]["status"] == "pending"
+    event_id = publish_delta(task_id, "before the open")
+    outcome = in_thread(_open, f"Bearer {tenant.issued.key}", META, uuid.UUID(task_id), "GET")
+    assert outcome["result"].snapshot["status"] == "pending"
+    assert outcome["result"].last_id == event_id
     assert outcome["connection_open"] is False
 
 
-def test_another_method_is_refused_after_authentication_without_reading_the_task(tenant) -> None:
-    outcome = in_thread(_open, "127.0.0.1", tenant.issued.key, uuid.uuid4(), "POST")
-    assert "error" not in outcome and outcome["result"] is None  # no TaskNotFound: not read
-    assert outcome["connection_open"] is False
-    refused = in_thread(_open, "127.0.0.1", "sy_00000000_not-a-key", uuid.uuid4(), "POST")
-    assert isinstance(refused["error"], InvalidApiKey)
-
-
-@pytest.mark.parametrize("failure", ["bad key", "other task", "throttled"])
-def test_connection_is_closed_on_refusal_too(tenant, settings, failure: str) -> None:
+@pytest.mark.parametrize("failure", ["missing task", "bad key", "other method", "throttled"])
+def test_open_closes_its_connection_on_every_refusal_too(tenant, settings, failure: str) -> None:
     key = "sy_00000000_not-a-key" if failure == "bad key" else tenant.issued.key
+    method = "POST" if failure == "other method" else "GET"
     if failure == "throttled":
         settings.KEY_REQUESTS_PER_MINUTE = 1
-        in_thread(_open, "127.0.0.1", key, uuid.uuid4(), "GET")  # the one request of the minute
-    outcome = in_thread(_open, "127.0.0.1", key, uuid.uuid4(), "GET")
-    expected = {"bad key": InvalidApiKey, "other task": TaskNotFound, "throttled": RateLimited}[failure]
+        in_thread(_open, f"Bearer {key}", META, uuid.uuid4(), "GET")  # the one request of the minute
+    outcome = in_thread(_open, f"Bearer {key}", META, uuid.uuid4(), method)
+    expected = {
+        "missing task": TaskNotFound,
+        "bad key": InvalidApiKey,
+        "other method": MethodNotAllowed,  # after authentication, without reading the task
+        "throttled": RateLimited,
+    }[failure]
     assert isinstance(outcome["error"], expected)
+    assert outcome["connection_open"] is False
+
+
+@pytest.mark.parametrize("key", ["valid", "sy_00000000_not-a-key"])
+def test_stream_authentication_closes_its_connection(tenant, key: str) -> None:
+    """``stream_authenticate``'s thread (key lookup, throttle) lets go of its connection,
+    also when the key is refused."""
+    from users.services import _stream_authenticate
+
+    header = f"Bearer {tenant.issued.key if key == 'valid' else key}"
+    outcome = in_thread(_stream_authenticate, header, {"REMOTE_ADDR": "127.0.0.1"})
+    if key == "valid":
+        assert outcome["result"] == bearer_authenticate(authorization=header, meta={"REMOTE_ADDR": "127.0.0.1"})
+    else:
+        assert isinstance(outcome["error"], InvalidApiKey)
     assert outcome["connection_open"] is False

@@ -17,6 +17,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
 from django_redis import get_redis_connection
+from rest_framework.test import APIClient
 
 from llm import streams
 from llm.streams import publish_attempt, publish_delta
@@ -62,7 +63,7 @@ def read_events(
     has answered and taken its stream position, before the body is read."""
 
     async def run() -> Reply:
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = {"Authorization": key if key.startswith("Basic ") else f"Bearer {key}"} if key else {}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         response = await AsyncClient().get(url(task_id), headers=headers)
@@ -252,17 +253,23 @@ def test_redis_lost_while_waiting_ends_the_response_cleanly(tenant, settings) ->
     assert [e["data"]["status"] for e in reply.events] == ["pending"]
 
 
-@pytest.mark.parametrize("key", ["", "sy_00000000_not-a-key", "other org"])
+@pytest.mark.parametrize("key", ["", " ", "Basic dXNlcjpwYXNz", "sy_00000000_not-a-key", "other org"])
 def test_bearer_auth_is_required_and_scoped(make_tenant, key: str) -> None:
+    """The stream answers exactly what a DRF view answers for the same credentials: both
+    go through ``users.services.bearer_authenticate``."""
     alice, bob = make_tenant(), make_tenant()
     task_id = submit(alice)
-    reply = read_events(task_id, bob.issued.key if key == "other org" else key)
+    credentials = bob.issued.key if key == "other org" else key
+    reply = read_events(task_id, credentials)
     expected = {"": (401, "not_authenticated"), "other org": (404, "not_found")}.get(
         key, (401, "authentication_failed")
     )
     assert (reply.status, json.loads(reply.body)["code"]) == expected
-    if key == "":
+    if reply.status == 401:
         assert reply.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    headers = {"Authorization": credentials if credentials.startswith("Basic ") else f"Bearer {credentials}"}
+    drf = APIClient().get(f"/api/v1/ai-tasks/{task_id}/", headers=headers if key else {})
+    assert (drf.status_code, drf.json()["code"]) == expected
 
 
 @pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])

@@ -116,3 +116,21 @@ def test_within_budget_nothing_is_logged(client: Client) -> None:
         assert client.get("/metrics", headers=METRICS_AUTH).status_code == 200
     assert not [entry for entry in logs if entry["event"] == "query_budget_exceeded"]
     assert _breaches("metrics") == before
+
+
+def test_lists_do_not_load_the_tasks_input(tenant: Tenant) -> None:
+    """The prompt and the message list (a turn carries the whole transcript) are never read
+    by the task list; the single read loads the prompt, not the messages."""
+    open_task = _fill(tenant, 3)
+    AITask.objects.filter(id=open_task).update(messages=[{"role": "user", "content": "to be cancelled"}])
+
+    def columns_read(path: str) -> set[str]:
+        with CaptureQueriesContext(connection) as queries:
+            assert tenant.client.get(path).status_code == 200
+        selects = [q["sql"] for q in queries if q["sql"].startswith("SELECT") and 'FROM "llm_aitask"' in q["sql"]]
+        assert selects, path
+        return {column for column in ("prompt", "messages") if any(f'"llm_aitask"."{column}"' in s for s in selects)}
+
+    assert columns_read("/api/v1/ai-tasks/?limit=100") == set()
+    assert columns_read("/api/v1/ai-tasks/?status=pending") == set()
+    assert columns_read(f"/api/v1/ai-tasks/{open_task}/") == {"prompt"}

@@ -92,17 +92,21 @@ def unhold(budget_id: int | None, *, held: Decimal, charged: Decimal) -> None:
 
 def budget_reserve(request: ReservationRequest) -> Reservation:
     """Hold the estimated cost of a task against the organization's (and the key's own)
-    budget for this month, snapshotting the unit prices. Raises ``UnknownModel`` or
+    budget for this month, snapshotting the unit prices of ``model``; the amount held is
+    the estimate at the dearest of ``model`` and its fallbacks. Raises ``UnknownModel`` or
     ``BudgetExceeded`` (402). Reserving again for a task that already holds one returns
     the existing reservation."""
     if request.estimated_input_tokens < 0 or request.max_output_tokens < 0:
         raise InvalidBillingRequest("Token counts must not be negative.")
     price = price_row(request.model)
-    amount = money.cost_of(
-        input_tokens=request.estimated_input_tokens,
-        output_tokens=request.max_output_tokens,
-        input_usd_per_mtok=price.input_usd_per_mtok,
-        output_usd_per_mtok=price.output_usd_per_mtok,
+    amount = max(
+        money.cost_of(
+            input_tokens=request.estimated_input_tokens,
+            output_tokens=request.max_output_tokens,
+            input_usd_per_mtok=row.input_usd_per_mtok,
+            output_usd_per_mtok=row.output_usd_per_mtok,
+        )
+        for row in [price, *(price_row(model) for model in request.fallback_models if model != request.model)]
     )
     # BEGIN when called alone; nothing when the caller's transaction is open already.
     with transaction.atomic(savepoint=False):

@@ -26,8 +26,7 @@ from chat.models import Conversation, Turn
 from chat.services import context
 from chat.services._common import ConversationNotFound, TurnInProgress, to_turn
 from contracts.chat import TurnAccepted, TurnPost
-from contracts.llm import OPEN_STATUSES, TaskSubmission
-from contracts.llm import AITask as AITaskContract
+from contracts.llm import OPEN_STATUSES, AITaskSummary, TaskSubmission
 from llm import services as llm
 
 
@@ -114,7 +113,7 @@ def _close_finished(conversation: Conversation, turn_id: uuid.UUID) -> tuple[str
 
 
 def _close(
-    conversation: Conversation, turn: Turn, task: AITaskContract, *, free: bool = False
+    conversation: Conversation, turn: Turn, task: AITaskSummary, *, free: bool = False
 ) -> tuple[str, str] | None:
     """Record the task's end on the turn (once: a conditional UPDATE); with ``free``, let
     the conversation go (else the caller's conditional UPDATE hands it to the next turn)."""

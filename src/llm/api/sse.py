@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -35,14 +36,14 @@ import structlog
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
-from kernel.errors import error_body, error_response
+from kernel.errors import DomainError, error_response
 from llm import services
-from llm.streams import AsyncStreamReader, StreamEvent, id_order, is_terminal
+from llm.streams import AsyncStreamReader, StreamEvent, id_order, is_terminal, last_event_id
 from users import services as users
 
 log = structlog.get_logger(__name__)
@@ -55,25 +56,52 @@ WRONG_ROLE_DETAIL = (
 )
 
 
-def _open(address: str, raw_key: str, task_id: UUID, method: str) -> dict[str, Any] | None:
-    """In one worker thread (one hop, one pooled connection): the address's failed-login
-    budget, the key, its and its organization's request limits, then the task's state;
-    None for a method other than GET/HEAD (405 after authentication, like the DRF views)."""
+class WrongRole(DomainError):
+    status_code = 421
+    code = "use_stream_role"
+    default_detail = WRONG_ROLE_DETAIL
+
+
+class MethodNotAllowed(DomainError):
+    status_code = 405
+    code = "method_not_allowed"
+    headers = {"Allow": "GET, HEAD"}
+
+
+class StreamUnavailable(DomainError):
+    status_code = 503
+    code = "stream_unavailable"
+    default_detail = "The event stream is unavailable; retry shortly."
+
+    def __init__(self) -> None:
+        super().__init__(retry_after=5)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    last_id: str  # the stream's position, taken before the snapshot: nothing falls between
+    snapshot: dict[str, Any]
+
+
+def _open(authorization: str, meta: Mapping[str, Any], task_id: UUID, method: str) -> _Opened:
+    """Everything an open needs before it streams, in one worker thread (one executor hop,
+    one pooled connection, closed here): the address's failed logins, the key, the key's
+    and the organization's request limits (``users.stream_authorize``), then the stream's
+    position and the task's state. Two hops queued on the loop's default executor (6
+    threads on 2 cores) when 100 clients a second opened (docs/benchmarks.md)."""
     try:
-        principal = users.stream_authenticate(address=address, raw_key=raw_key)
-        if method not in ("GET", "HEAD"):
-            return None
-        return services.status_payload(services.task_get(organization_id=principal.organization_id, task_id=task_id))
+        principal = users.stream_authorize(authorization=authorization, meta=meta)
+        if method not in ("GET", "HEAD"):  # after authentication, like the DRF views
+            raise MethodNotAllowed(f'Method "{method}" not allowed.')
+        last_id = last_event_id(task_id)
+        task = services.task_get(organization_id=principal.organization_id, task_id=task_id)
+        return _Opened(last_id=last_id, snapshot=services.status_payload(task))
     finally:
         connection.close()  # nothing below this line may hold a database connection
 
 
 def _frame(event: StreamEvent) -> bytes:
     return f"id: {event.id}\nevent: {event.event}\ndata: {json.dumps(event.data)}\n\n".encode()
-
-
-def _error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
-    return JsonResponse(error_body(status_code=status, code=code, detail=detail), status=status, headers=headers)
 
 
 def _event_stream(body: AsyncIterator[bytes] | bytes) -> HttpResponseBase:
@@ -132,30 +160,25 @@ async def _ended(reader: AsyncStreamReader, snapshot: dict[str, Any], resume_fro
 
 @csrf_exempt  # Bearer keys, no cookies: CSRF does not apply; other methods get a JSON 405 below
 async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
+    try:
+        return await _task_events(request, task_id)
+    except DomainError as exc:  # the API's one error shape (kernel.errors), as in DRF views
+        return error_response(exc)
+
+
+async def _task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
     if not isinstance(request, ASGIRequest):  # WSGI: this would hold a worker thread
-        return _error(421, "use_stream_role", WRONG_ROLE_DETAIL)
-    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not raw_key.strip():
-        return _error(
-            401,
-            "not_authenticated",
-            "Authentication credentials were not provided.",
-            **{"WWW-Authenticate": 'Bearer realm="api"'},
-        )
+        raise WrongRole()
     reader = AsyncStreamReader(task_id)
     handed_over = False
     try:
-        # The stream position is taken before the snapshot, so nothing falls between them.
-        last_id = await reader.last_id()
-        try:  # address (failed logins), key and organization limits, then the task: one hop
-            opened = await sync_to_async(_open, thread_sensitive=False)(
-                users.client_address(request.META), raw_key.strip(), task_id, request.method or ""
-            )
-        except (users.RateLimited, users.InvalidApiKey) as exc:
-            return error_response(exc)
-        if opened is None:
-            return _error(405, "method_not_allowed", f'Method "{request.method}" not allowed.', Allow="GET, HEAD")
-        snapshot = opened
+        # Before any stream work: the address's failed logins, the key, the key's and the
+        # organization's request limits (the same path as every DRF view); then the
+        # stream's position and the snapshot. One hop (_open).
+        opened = await sync_to_async(_open, thread_sensitive=False)(
+            request.headers.get("Authorization", ""), request.META, task_id, request.method or ""
+        )
+        last_id, snapshot = opened.last_id, opened.snapshot
         resume_from = request.headers.get("Last-Event-ID", "").strip()
         resume = resume_from if _EVENT_ID.match(resume_from) else None
         if snapshot["status"] in TERMINAL_STATUSES:
@@ -166,13 +189,9 @@ async def task_events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
             body = _stream(reader, snapshot, last_id)
         handed_over = True  # from here the stream's generator closes the reader
         return _event_stream(body)
-    except services.TaskNotFound as exc:
-        return _error(404, exc.code, exc.detail)
-    except RedisError:
+    except RedisError as exc:
         log.warning("sse_redis_unavailable", task_id=str(task_id), exc_info=True)
-        return _error(
-            503, "stream_unavailable", "The event stream is unavailable; retry shortly.", **{"Retry-After": "5"}
-        )
+        raise StreamUnavailable() from exc
     finally:
         if not handed_over:
             await reader.close()

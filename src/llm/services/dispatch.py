@@ -26,10 +26,11 @@ import contextlib
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import cast
 from uuid import UUID
 
 import structlog
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -37,23 +38,32 @@ from django.db.models.functions import Now
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
-from contracts.llm import QUEUE_FOR_PRIORITY
+from contracts.llm import QUEUE_FOR_PRIORITY, FillReport, QueueName
 from llm.models import AITask, DispatchPolicy
-from llm.services._common import dispatch
 
 log = structlog.get_logger(__name__)
+RUN_TASK = "llm.run_ai_task"
 PRIORITY_FOR_QUEUE = {queue: priority for priority, queue in QUEUE_FOR_PRIORITY.items()}
 _TABLE = AITask._meta.db_table
 _OUTSTANDING = "(status = 'processing' OR (status = 'pending' AND dispatched_at IS NOT NULL))"
 _HELD = "status = 'pending' AND dispatched_at IS NULL AND (available_at IS NULL OR available_at <= now())"
 
 
-@dataclass(frozen=True, slots=True)
-class FillReport:
-    queue: str
-    window: int
-    outstanding: int
-    sent: int
+def queue_for(priority: str) -> QueueName:
+    return cast("QueueName", QUEUE_FOR_PRIORITY[priority])
+
+
+def send(task_id: UUID, priority: str, *, countdown: float | None = None) -> bool:
+    """Send the task to its queue's broker list. A broker outage is logged, not raised: the
+    task stays ``pending`` and the sweeper sends it again."""
+    try:
+        current_app.send_task(
+            RUN_TASK, args=[str(task_id)], task_id=str(task_id), queue=queue_for(priority), countdown=countdown
+        )
+    except Exception as exc:  # kombu raises a variety of connection errors
+        log.warning("dispatch_failed", task_id=str(task_id), error=type(exc).__name__)
+        return False
+    return True
 
 
 def _slots_key(queue: str) -> str:
@@ -130,7 +140,7 @@ def dispatch_fill(queue: str) -> FillReport:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_lock_id(queue)])
             if not cursor.fetchone()[0]:
-                return FillReport(queue, limit, -1, 0)
+                return FillReport(queue=queue, window=limit, outstanding=-1, sent=0)
             cursor.execute(
                 f"SELECT organization_id, count(*) FROM {_TABLE} "  # noqa: S608
                 f"WHERE priority = %s AND {_OUTSTANDING} GROUP BY organization_id",
@@ -139,7 +149,7 @@ def dispatch_fill(queue: str) -> FillReport:
             outstanding = dict(cursor.fetchall())
             free = limit - sum(outstanding.values())
             if free <= 0:
-                return FillReport(queue, limit, sum(outstanding.values()), 0)
+                return FillReport(queue=queue, window=limit, outstanding=sum(outstanding.values()), sent=0)
             cursor.execute(
                 f"SELECT id, organization_id FROM (SELECT id, organization_id, created_at, "  # noqa: S608
                 f"row_number() OVER (PARTITION BY organization_id ORDER BY created_at, id) AS rank "
@@ -151,7 +161,7 @@ def dispatch_fill(queue: str) -> FillReport:
             for task_id, org in cursor.fetchall():
                 held.setdefault(org, []).append(task_id)
         if not held:
-            return FillReport(queue, limit, sum(outstanding.values()), 0)
+            return FillReport(queue=queue, window=limit, outstanding=sum(outstanding.values()), sent=0)
         picks = fair_picks(held, outstanding, free=free, caps=_caps(held))
         sent = list(
             AITask.objects.select_for_update(skip_locked=True)
@@ -160,7 +170,7 @@ def dispatch_fill(queue: str) -> FillReport:
         )
         AITask.objects.filter(id__in=sent).update(dispatched_at=Now(), dispatch_count=F("dispatch_count") + 1)
         transaction.on_commit(lambda: _send(sent, priority))
-    return FillReport(queue, limit, sum(outstanding.values()), len(sent))
+    return FillReport(queue=queue, window=limit, outstanding=sum(outstanding.values()), sent=len(sent))
 
 
 def fair_picks(
@@ -196,7 +206,7 @@ def _caps(orgs: Iterable[UUID]) -> dict[UUID, int]:
 
 def _send(task_ids: list[UUID], priority: str) -> None:
     for task_id in task_ids:
-        dispatch(task_id, priority)
+        send(task_id, priority)
 
 
 def _lock_id(queue: str) -> int:

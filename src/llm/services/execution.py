@@ -17,9 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
 from uuid import UUID
 
 import structlog
@@ -31,6 +29,7 @@ from django.db.models.functions import Coalesce, Now
 
 from billing import services as billing
 from contracts.billing import TokenUsage
+from contracts.llm import ExecutionOutcome
 from kernel import metrics
 from kernel.db import release_connection
 from llm import response_cache, streams
@@ -40,19 +39,12 @@ from llm.providers import Completion, ProviderError, RateLimited, TextDelta, get
 from llm.providers.base import CallAborted, CallGuard, guarded
 from llm.providers.tokens import estimate_tokens
 from llm.services import fallback
-from llm.services._common import announce_terminal, publish_status, queue_for
+from llm.services.dispatch import queue_for
 from llm.services.runtime import runtime
+from llm.services.terminal import announce_terminal
 from users import services as users
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    kind: Literal["done", "failed", "retry", "skipped", "discarded", "cancelled"]
-    countdown: float | None = None
-    queue: str | None = None
-    code: str | None = None  # the error code of a failure or a retry (metrics)
 
 
 def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
@@ -87,15 +79,15 @@ def _claim(task_id: UUID) -> AITask | None:
     return AITask.objects.get(id=task_id)
 
 
-def task_execute(*, task_id: UUID) -> Outcome:
+def task_execute(*, task_id: UUID) -> ExecutionOutcome:
     task = _claim(task_id)
     if task is None:
         release_connection()
         log.info("task_not_claimed", task_id=str(task_id))
-        return Outcome("skipped")
+        return ExecutionOutcome(kind="skipped")
     started = time.perf_counter()
     _observe_claim(task)
-    outcome = Outcome("failed", code="internal_error")  # what an exception out of _attempt counts as
+    outcome = ExecutionOutcome(kind="failed", code="internal_error")  # what an exception out of _attempt counts as
     try:
         outcome = _attempt(task)
         return outcome
@@ -112,7 +104,7 @@ def _observe_claim(task: AITask) -> None:
         metrics.TASK_QUEUE_WAIT.labels(queue=queue).observe(max((task.started_at - task.created_at).total_seconds(), 0))
 
 
-def _observe_outcome(task: AITask, outcome: Outcome, seconds: float) -> None:
+def _observe_outcome(task: AITask, outcome: ExecutionOutcome, seconds: float) -> None:
     queue = queue_for(task.priority)
     labels = {"queue": queue, "model": task.model}
     metrics.TASK_OUTCOMES.labels(**labels, outcome=outcome.kind, error_code=outcome.code or "").inc()
@@ -121,17 +113,17 @@ def _observe_outcome(task: AITask, outcome: Outcome, seconds: float) -> None:
         metrics.TASK_E2E.labels(**labels).observe(max((task.completed_at - task.created_at).total_seconds(), 0))
 
 
-def _attempt(task: AITask) -> Outcome:
+def _attempt(task: AITask) -> ExecutionOutcome:
     model = fallback.model_for_attempt(task)  # the task's model, or a fallback (llm.services.fallback)
     release_connection()  # nothing below holds a connection while the provider answers
     streams.publish_attempt(task.id, task.attempts)  # clients drop deltas of earlier attempts
-    publish_status(task)
+    streams.publish_status(task)
     request = fallback.request_for(task, model)
     assert task.lease_token is not None
     guard = CallGuard()
     call = runtime().track(task_id=task.id, lease_token=task.lease_token, queue=queue_for(task.priority), guard=guard)
     produced: list[str] = []
-    estimate = task_token_estimate(prompt=task.prompt, max_tokens=task.max_tokens)
+    estimate = task_token_estimate(prompt=task.prompt, messages=task.messages, max_tokens=task.max_tokens)
     try:
         # A slot of the model's calls in flight (and its tokens per minute), shared by every
         # worker; while the provider pushes back (429) no slot is handed out.
@@ -168,21 +160,21 @@ def _attempt(task: AITask) -> Outcome:
     return _complete(task, completion)
 
 
-def _aborted(task: AITask, reason: str, produced: list[str]) -> Outcome:
+def _aborted(task: AITask, reason: str, produced: list[str]) -> ExecutionOutcome:
     if reason == "timeout":
         return _timed_out(task)
     if reason == "cancelled":
         usage = TokenUsage(input_tokens=estimate_tokens(task.prompt), output_tokens=_output_tokens(produced))
         return _charge_cancelled(task, usage)
     log.info("task_lease_lost", task_id=str(task.id))
-    return Outcome("discarded")
+    return ExecutionOutcome(kind="discarded")
 
 
 def _output_tokens(produced: list[str]) -> int:
     return estimate_tokens("".join(produced)) if produced else 0
 
 
-def _timed_out(task: AITask) -> Outcome:
+def _timed_out(task: AITask) -> ExecutionOutcome:
     return _fail(task, code="timeout", error=f"The task exceeded its time limit of {settings.TASK_SOFT_TIME_LIMIT} s.")
 
 
@@ -213,7 +205,7 @@ def _held(task: AITask) -> Q:
     return Q(id=task.id, status=AITask.Status.PROCESSING, lease_token=task.lease_token)
 
 
-def _complete(task: AITask, completion: Completion) -> Outcome:
+def _complete(task: AITask, completion: Completion) -> ExecutionOutcome:
     usage = TokenUsage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens)
     with transaction.atomic():
         updated = AITask.objects.filter(_held(task)).update(
@@ -251,10 +243,10 @@ def _complete(task: AITask, completion: Completion) -> Outcome:
             )
             answer = response_cache.CachedAnswer(completion.text, completion.input_tokens, completion.output_tokens)
             transaction.on_commit(lambda: response_cache.put(key, answer))
-    return Outcome("done")
+    return ExecutionOutcome(kind="done")
 
 
-def _charge_cancelled(task: AITask, usage: TokenUsage) -> Outcome:
+def _charge_cancelled(task: AITask, usage: TokenUsage) -> ExecutionOutcome:
     """The task was cancelled while this attempt ran: the provider did the work up to the
     cancel, so charge what it produced (the client may have read it over SSE). Only the
     holder of the lease charges, once: cancel keeps the lease token for this purpose."""
@@ -269,16 +261,16 @@ def _charge_cancelled(task: AITask, usage: TokenUsage) -> Outcome:
         )
         if not charged:  # the lease was lost to another worker: that attempt settles
             log.info("task_result_discarded", task_id=str(task.id))
-            return Outcome("discarded")
+            return ExecutionOutcome(kind="discarded")
         if task.reservation_id:
             model = fallback.answered_by(task)
             entry = billing.reservation_settle(reservation_id=task.reservation_id, usage=usage, model=model)
             AITask.objects.filter(id=task.id).update(cost_usd=entry.cost_usd)
     log.info("task_cancelled_charged", task_id=str(task.id), output_tokens=usage.output_tokens)
-    return Outcome("cancelled")
+    return ExecutionOutcome(kind="cancelled")
 
 
-def _fail(task: AITask, *, code: str, error: str, dead_letter: bool = False) -> Outcome:
+def _fail(task: AITask, *, code: str, error: str, dead_letter: bool = False) -> ExecutionOutcome:
     with transaction.atomic():
         updated = AITask.objects.filter(_held(task)).update(
             status=AITask.Status.FAILED,
@@ -291,7 +283,7 @@ def _fail(task: AITask, *, code: str, error: str, dead_letter: bool = False) -> 
         if not updated:
             return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
         fail_bookkeeping(task, error=error, dead_letter=dead_letter)
-    return Outcome("failed", code=code)
+    return ExecutionOutcome(kind="failed", code=code)
 
 
 def task_fail_abandoned(*, task_id: UUID, lease_token: UUID) -> bool:
@@ -319,7 +311,7 @@ def fail_bookkeeping(task: AITask, *, error: str, dead_letter: bool) -> None:
 def _correct_tokens(task: AITask, *, actual: int) -> None:
     """Tokens per minute were reserved at submit from an estimate: settle them to what the
     task used (after commit; a Redis outage only loses the correction)."""
-    estimated = task_token_estimate(prompt=task.prompt, max_tokens=task.max_tokens)
+    estimated = task_token_estimate(prompt=task.prompt, messages=task.messages, max_tokens=task.max_tokens)
     transaction.on_commit(
         lambda: users.token_usage_correct(
             organization_id=task.organization_id, api_key_id=task.api_key_id, estimated=estimated, actual=actual
@@ -327,7 +319,7 @@ def _correct_tokens(task: AITask, *, actual: int) -> None:
     )
 
 
-def _wait_for_provider(task: AITask, busy: ProviderBusy) -> Outcome:
+def _wait_for_provider(task: AITask, busy: ProviderBusy) -> ExecutionOutcome:
     """No slot for the model in time (its calls in flight are at the limit, or it pushes
     back with 429s): back to the gate with a due time, the attempt not spent."""
     updated = AITask.objects.filter(_held(task)).update(
@@ -341,10 +333,12 @@ def _wait_for_provider(task: AITask, busy: ProviderBusy) -> Outcome:
     if not updated:
         return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
     log.info("task_waits_for_provider", task_id=str(task.id), model=task.model, reason=busy.reason)
-    return Outcome("retry", countdown=busy.retry_after_s, queue=queue_for(task.priority), code="provider_busy")
+    return ExecutionOutcome(
+        kind="retry", countdown=busy.retry_after_s, queue=queue_for(task.priority), code="provider_busy"
+    )
 
 
-def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: float | None) -> Outcome:
+def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: float | None) -> ExecutionOutcome:
     if task.attempts >= settings.TASK_MAX_ATTEMPTS:
         return _fail(task, code=code, error=f"{error} (gave up after {task.attempts} attempts)", dead_letter=True)
     countdown = backoff_seconds(task.attempts, retry_after)
@@ -361,7 +355,7 @@ def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: f
     if not updated:
         return _charge_cancelled(task, TokenUsage(input_tokens=0, output_tokens=0))
     task.refresh_from_db()
-    publish_status(task)
+    streams.publish_status(task)
     log.info(
         "task_retry_scheduled",
         task_id=str(task.id),
@@ -369,4 +363,4 @@ def _retry_or_dead_letter(task: AITask, *, code: str, error: str, retry_after: f
         countdown=round(countdown, 2),
         error_code=code,
     )
-    return Outcome("retry", countdown=countdown, queue=queue_for(task.priority), code=code)
+    return ExecutionOutcome(kind="retry", countdown=countdown, queue=queue_for(task.priority), code=code)

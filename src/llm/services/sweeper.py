@@ -17,7 +17,6 @@ in its own savepoint, so one row that fails is logged and skipped, not the whole
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -30,23 +29,14 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from billing import services as billing
+from contracts.llm import SweepReport
 from llm.models import AITask
-from llm.services._common import dispatch, enqueue_webhook
+from llm.services.dispatch import send
 from llm.services.execution import fail_bookkeeping
+from llm.services.webhooks import enqueue_webhook
 
 log = structlog.get_logger(__name__)
 MAX_REDISPATCH_DOUBLINGS = 6  # at most grace x 64 between two copies of one message
-
-
-@dataclass(frozen=True, slots=True)
-class SweepReport:
-    redispatched: int
-    lease_expired: int
-    failed: int
-    reservations_released: int
-    webhooks_requeued: int = 0
-    expired: int = 0
-    errors: int = 0
 
 
 def tasks_sweep() -> SweepReport:
@@ -99,8 +89,8 @@ def tasks_sweep() -> SweepReport:
         expired=counts["expired"],
         errors=counts["errors"],
     )
-    if any(value for key, value in asdict(report).items() if key != "lease_expired"):
-        log.info("sweep", **asdict(report))
+    if any(value for key, value in report.model_dump().items() if key != "lease_expired"):
+        log.info("sweep", **report.model_dump())
     return report
 
 
@@ -190,7 +180,7 @@ def _requeue_stranded_webhooks(grace: datetime) -> int:
 
 def _dispatch_all(tasks: list[tuple[str, str]]) -> None:
     for task_id, priority in tasks:
-        dispatch(UUID(task_id), priority)
+        send(UUID(task_id), priority)
 
 
 def _release_orphaned_reservations() -> int:

@@ -29,19 +29,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import httpx
 import structlog
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from contracts.llm import WebhookOutcome
 from llm.models import AITask, DeadLetter
-from llm.services._common import to_task
+from llm.services.mapping import to_task
 
 log = structlog.get_logger(__name__)
 SIGNATURE_HEADER = "Switchyard-Signature"
@@ -56,10 +57,15 @@ _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: local use, n
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookOutcome:
-    kind: Literal["delivered", "retry", "failed", "skipped"]
-    countdown: float | None = None
+DELIVER_WEBHOOK = "llm.deliver_webhook"
+
+
+def enqueue_webhook(task_id: UUID, *, countdown: float | None = None) -> None:
+    """Queue a delivery of the task's webhook (``llm.deliver_webhook``, on ``default``)."""
+    try:
+        current_app.send_task(DELIVER_WEBHOOK, args=[str(task_id)], countdown=countdown)
+    except Exception as exc:  # the sweeper picks up webhooks left pending
+        log.warning("webhook_enqueue_failed", task_id=str(task_id), error=type(exc).__name__)
 
 
 class _Refused(Exception):
@@ -194,7 +200,7 @@ def _claim(task_id: UUID) -> AITask | None:
 def webhook_deliver(*, task_id: UUID, resolve: Resolver = system_resolve) -> WebhookOutcome:
     task = _claim(task_id)
     if task is None or not task.callback_url:
-        return WebhookOutcome("skipped")
+        return WebhookOutcome(kind="skipped")
     attempts = task.webhook_attempts
     body = json.dumps(to_task(task).model_dump(mode="json", exclude={"prompt"}), separators=(",", ":")).encode()
     timestamp = int(time.time())
@@ -220,7 +226,7 @@ def webhook_deliver(*, task_id: UUID, resolve: Resolver = system_resolve) -> Web
                 webhook_claimed_until=None,
                 webhook_next_at=None,
             )
-            return WebhookOutcome("delivered")
+            return WebhookOutcome(kind="delivered")
         error = f"HTTP {response.status_code}"
     except _Refused as exc:
         return _give_up(task, attempts, f"refused: {exc}")
@@ -234,7 +240,7 @@ def webhook_deliver(*, task_id: UUID, resolve: Resolver = system_resolve) -> Web
         webhook_claimed_until=None,
         webhook_next_at=timezone.now() + timedelta(seconds=countdown),
     )
-    return WebhookOutcome("retry", countdown=countdown)
+    return WebhookOutcome(kind="retry", countdown=countdown)
 
 
 def _backoff_seconds(attempt: int) -> float:
@@ -255,4 +261,4 @@ def _give_up(task: AITask, attempts: int, error: str) -> WebhookOutcome:
             task_id=task.pk, kind=DeadLetter.Kind.WEBHOOK, reason=f"webhook: {error}", attempts=attempts
         )
     log.warning("webhook_dead_lettered", task_id=str(task.pk), attempts=attempts, error=error)
-    return WebhookOutcome("failed")
+    return WebhookOutcome(kind="failed")

@@ -1,4 +1,5 @@
-"""``Authorization: Bearer <api key>`` for DRF. ``request.auth`` is the ``Principal``."""
+"""``Authorization: Bearer <api key>`` for DRF: ``users.services.bearer_authenticate``, the
+API's one authentication path (the SSE view calls it too). ``request.auth`` is the ``Principal``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from contracts.users import Principal
-from kernel import context
 from users import services
 
 
@@ -33,24 +33,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[ApiCaller, Principal] | None:
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header:
-            return None
-        scheme, _, raw_key = header.partition(" ")
-        if scheme.lower() != self.keyword.lower() or not raw_key.strip():
-            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
-        address = services.client_address(request.META)
-        refused = services.auth_failure_check(address)  # before the lookup: brute force gets 429
-        if not refused.allowed:
-            raise exceptions.Throttled(wait=refused.retry_after_s)
+            return None  # DRF answers 401 not_authenticated (or lets a public view through)
         try:
-            principal = services.api_key_authenticate(raw_key=raw_key.strip())
-        except services.InvalidApiKey as exc:
-            services.auth_failure_record(address)
+            principal = services.bearer_authenticate(authorization=header, meta=request.META)
+        except services.RateLimited as exc:
+            raise exceptions.Throttled(wait=exc.retry_after) from exc
+        except services.Unauthenticated as exc:
             raise exceptions.AuthenticationFailed(exc.detail) from exc
-        context.bind(
-            organization_id=str(principal.organization_id),
-            api_key_id=str(principal.api_key_id),
-            user_id=principal.user_id,
-        )
         return ApiCaller(principal), principal
 
     def authenticate_header(self, request: Request) -> str:
