@@ -1,0 +1,193 @@
+"""The llm context's part of a trace (kernel.tracing; nothing at all while tracing is off).
+
+The instrumentations give a task's trace its frame: the server span of ``POST /v1/tasks``
+(202), the Celery producer span of the dispatch after commit, the consumer span of the run
+on the worker. This module adds, inside it:
+
+- ``switchyard.queue_wait``: from the dispatch to the claim, a sibling of the run span
+  under the producer span (the waterfall reads publish → wait → run); the run span carries
+  the task, its organization, the attempt and ``switchyard.queue_wait_ms``.
+- the provider span, named and attributed by the OpenTelemetry GenAI semantic conventions
+  (``chat {model}``, kind CLIENT, ``gen_ai.*``), plus organization, task id and cost. Its
+  time is the call's; the cost is known only once the attempt has settled, so the span is
+  ended then (``attempt_finished``), at the time the call ended.
+- ``publish task-events``: each SSE event a worker appends to the task's Redis stream
+  (attempt and status; the answer's chunks are counted on the provider span instead of
+  one span each).
+
+A task a worker's gate sends later (held at submit, or a retry) runs in the trace of that
+send, not of its 202: the link between them is ``switchyard.task_id``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from django.conf import settings
+
+from kernel import tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from llm.models import AITask
+    from llm.providers import Completion
+
+# GenAI semantic conventions (opentelemetry-semantic-conventions, gen_ai_attributes).
+OPERATION = "gen_ai.operation.name"
+PROVIDER = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+RESPONSE_MODEL = "gen_ai.response.model"
+FINISH_REASONS = "gen_ai.response.finish_reasons"
+INPUT_TOKENS = "gen_ai.usage.input_tokens"
+OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+ERROR_TYPE = "error.type"
+# Switchyard's own.
+TASK_ID = "switchyard.task_id"
+ORGANIZATION_ID = "switchyard.organization_id"
+COST_USD = "switchyard.cost_usd"
+ATTEMPT = "switchyard.attempt"
+QUEUE_WAIT_MS = "switchyard.queue_wait_ms"
+OUTCOME = "switchyard.outcome"
+DELTAS = "switchyard.stream.deltas"
+# The provider names of the conventions where ours differ from them.
+_PROVIDER_NAMES = {"openai_compatible": "openai"}
+
+
+@dataclass
+class _Call:
+    span: Span
+    ended_ns: int | None = None
+    deltas: int = 0
+
+
+_local = threading.local()  # the attempt's provider span until it settles (one call per thread)
+
+
+def _task_attributes(task: AITask) -> dict[str, tracing.AttributeValue]:
+    return {TASK_ID: str(task.id), ORGANIZATION_ID: str(task.organization_id)}
+
+
+def task_claimed(task: AITask, *, queue: str) -> None:
+    """A worker claimed ``task``: the run span gets the task, and the wait becomes a span."""
+    run = tracing.current_span()
+    if run is None:
+        return
+    claimed_ns = time.time_ns()
+    since = task.dispatched_at or task.created_at  # dispatched_at: now() of who sent it
+    waited_ns = max(claimed_ns - int(since.timestamp() * 1e9), 0)
+    run.set_attributes({**_task_attributes(task), ATTEMPT: task.attempts, QUEUE_WAIT_MS: round(waited_ns / 1e6, 3)})
+    wait = tracing.start_span(
+        "switchyard.queue_wait",
+        attributes={**_task_attributes(task), "messaging.destination.name": queue},
+        start_time_ns=claimed_ns - waited_ns,
+        parent=tracing.remote_parent(run) or run,
+    )
+    if wait is not None:
+        wait.end(end_time=claimed_ns)
+
+
+@contextmanager
+def provider_call(task: AITask, model: str) -> Iterator[None]:
+    """The provider span around one call of ``model`` (current inside the block, so the
+    SDK's own spans are its children); left open for ``attempt_finished``."""
+    provider = _PROVIDER_NAMES.get(settings.LLM_PROVIDER, settings.LLM_PROVIDER)
+    span = tracing.start_span(
+        f"chat {model}",
+        kind="client",
+        attributes={
+            OPERATION: "chat",
+            PROVIDER: provider,
+            REQUEST_MODEL: model,
+            REQUEST_MAX_TOKENS: task.max_tokens,
+            **_task_attributes(task),
+            ATTEMPT: task.attempts,
+        },
+    )
+    if span is None:
+        yield
+        return
+    call = _Call(span)
+    _local.call = call
+    try:
+        with tracing.use(span):
+            yield
+    except BaseException as exc:
+        span.set_attribute(ERROR_TYPE, getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__)
+        raise
+    finally:
+        call.ended_ns = time.time_ns()
+        span.set_attribute(DELTAS, call.deltas)
+
+
+def call_completed(completion: Completion) -> None:
+    """What the provider answered: the served model and the usage."""
+    call: _Call | None = getattr(_local, "call", None)
+    if call is None:
+        return
+    call.span.set_attributes(
+        {
+            RESPONSE_MODEL: completion.model,
+            FINISH_REASONS: [completion.finish_reason],
+            INPUT_TOKENS: completion.input_tokens,
+            OUTPUT_TOKENS: completion.output_tokens,
+        }
+    )
+
+
+def attempt_finished(task: AITask, *, outcome: str) -> None:
+    """The attempt is over (settled, failed, handed back): the cost it was charged goes on
+    the provider span, which ends at the time the call ended."""
+    run = tracing.current_span()
+    if run is not None:
+        run.set_attribute(OUTCOME, outcome)
+    call: _Call | None = getattr(_local, "call", None)
+    _local.call = None
+    if call is None:
+        return
+    call.span.set_attribute(COST_USD, float(_charged(task, outcome)))
+    call.span.end(end_time=call.ended_ns)
+
+
+def _charged(task: AITask, outcome: str) -> Any:
+    """What this attempt was charged: a done one was read back after settling; a cancelled
+    one charged what the provider produced; every other outcome charged nothing."""
+    if outcome == "done":
+        return task.cost_usd
+    if outcome != "cancelled":
+        return 0
+    from llm.models import AITask
+
+    return AITask.objects.filter(id=task.id).values_list("cost_usd", flat=True).first() or 0
+
+
+@contextmanager
+def stream_publish(task_id: UUID | str, event: str) -> Iterator[None]:
+    """One SSE event appended to the task's stream, as a producer span; a chunk of the answer
+    is counted on the provider span instead, and its Redis command is not traced."""
+    if not tracing.enabled():
+        yield
+        return
+    if event == "delta":
+        call: _Call | None = getattr(_local, "call", None)
+        if call is not None:
+            call.deltas += 1
+        with tracing.quiet():
+            yield
+        return
+    attributes = {
+        "messaging.system": "redis",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": "task-events",
+        "switchyard.sse.event": event,
+        TASK_ID: str(task_id),
+    }
+    with tracing.span("publish task-events", kind="producer", attributes=attributes):
+        yield
