@@ -22,9 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
 from celery import current_app
 from celery.worker.request import Request
+from django.conf import settings
 from django.db import connections
+from django.test import AsyncClient
+from django.utils.module_loading import import_string
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -244,6 +248,32 @@ def test_one_trace_from_the_202_through_the_provider_call_to_the_stream_publish(
     _version, trace_id, parent_id, _flags = headers["traceparent"].split("-")
     assert (trace_id, parent_id) == (tree["publish"].trace_id, tree["publish"].span_id)
     assert tree["server"].resource["switchyard.role"] == "test"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_role_traces_requests_without_a_sync_middleware(
+    exporter: InMemorySpanExporter, tenant: Tenant, broker: Broker
+) -> None:
+    """Under ASGI the server span comes from an async-capable middleware: the instrumentation's
+    own is sync-only, and one sync-only middleware runs every SSE stream in a thread."""
+    sync_only = [p for p in settings.MIDDLEWARE if not getattr(import_string(p), "async_capable", False)]
+    assert tracing.MIDDLEWARE in settings.MIDDLEWARE and sync_only == []
+    pool_register(queue="default", node="tracing-test", slots=4, ttl_s=60)
+    task_id = submit(tenant.client)
+    run_next_message("default", task_id)
+    exporter.clear()
+
+    response = async_to_sync(AsyncClient().get)(
+        f"/api/v1/ai-tasks/{task_id}/events/", headers={"Authorization": f"Bearer {tenant.issued.key}"}
+    )
+    assert response.status_code == 200
+    spans = [from_sdk(s) for s in exporter.get_finished_spans()]
+    server = one(spans, "GET api/v1/ai-tasks/<uuid:task_id>/events/")
+    assert server.kind == "server" and server.parent_id is None
+    assert server.attributes["http.status_code"] == 200
+    # The view's awaited Redis reads (redis.asyncio) and its snapshot query are inside it.
+    inside = {s.attributes.get("db.system") for s in spans if s.trace_id == server.trace_id and s != server}
+    assert inside == {"redis", "postgresql"}
 
 
 @pytest.mark.django_db(transaction=True)
