@@ -360,12 +360,18 @@ def test_one_trace_across_the_web_and_worker_processes_by_otlp(
     collector: Collector,
     start_web: Callable[..., str],
     start_worker: Callable[..., Worker],
+    start_stream_server: Callable[..., str],
     tenant: Tenant,
 ) -> None:
-    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    start_worker("default", **otel, OTEL_SERVICE_NAME="switchyard-test")
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_SERVICE_NAME": "switchyard-test",
+    }
+    start_worker("default", **otel)
     wait_for(lambda: (pool_slots("default") or 0) > 0, timeout=10)  # the gate admits at submit
-    base = start_web(workers=1, **otel, OTEL_SERVICE_NAME="switchyard-test")
+    base = start_web(workers=1, **otel)
+    stream = start_stream_server(**otel, SWITCHYARD_ROLE="stream")
 
     response = httpx.post(
         f"{base}/api/v1/ai-tasks/",
@@ -395,3 +401,14 @@ def test_one_trace_across_the_web_and_worker_processes_by_otlp(
     assert tree["run"].resource["switchyard.role"] == "worker-default"
     assert tree["provider"].resource["service.name"] == "switchyard-test"
     assert tree["server"].resource["service.instance.id"] != tree["run"].resource["service.instance.id"]
+
+    # The stream role (uvicorn, ASGI): the SSE request of the finished task is a trace too.
+    events = httpx.get(
+        f"{stream}/api/v1/ai-tasks/{task_id}/events/", headers={"Authorization": f"Bearer {tenant.issued.key}"}
+    )
+    assert events.status_code == 200 and '"status": "done"' in events.text
+    route = "GET api/v1/ai-tasks/<uuid:task_id>/events/"
+    sse = wait_for(lambda: next((s for s in collector.spans if s.name == route), None), timeout=30)
+    assert isinstance(sse, Span)
+    assert sse.kind == "server" and sse.resource["switchyard.role"] == "stream"
+    assert sse.attributes["http.status_code"] == 200
