@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from asgiref.sync import iscoroutinefunction
-from django.http import HttpRequest, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
 if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponseBase
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
@@ -195,7 +195,7 @@ def _tag_request_id(span: Span, request: HttpRequest, response: HttpResponseBase
 # ---------------------------------------------------------------------------------------
 # Django: the instrumentation's middleware hooks, from a middleware Django can await.
 # ---------------------------------------------------------------------------------------
-Handler = Callable[[HttpRequest], Any]
+type Handler = Callable[[HttpRequest], Any]  # lazy: HttpRequest is only imported for the type checker
 
 
 @sync_and_async_middleware
@@ -230,6 +230,19 @@ def TracingMiddleware(get_response: Handler) -> Handler:  # noqa: N802
 # ---------------------------------------------------------------------------------------
 def tracer() -> Tracer | None:
     return _state.tracer if _state is not None else None
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The trace and span ids (hex) of the current span while tracing is on and it is
+    recorded: what a log line carries to be found beside its trace."""
+    if _state is None:
+        return None
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
 def current_span() -> Span | None:

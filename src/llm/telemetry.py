@@ -6,7 +6,7 @@ on the worker. This module adds, inside it:
 
 - ``switchyard.queue_wait``: from the dispatch to the claim, a sibling of the run span
   under the producer span (the waterfall reads publish → wait → run); the run span carries
-  the task, its organization, the attempt and ``switchyard.queue_wait_ms``.
+  the task, its organization, the attempt, the request id and ``switchyard.queue_wait_ms``.
 - the provider span, named and attributed by the OpenTelemetry GenAI semantic conventions
   (``chat {model}``, kind CLIENT, ``gen_ai.*``), plus organization, task id and cost. Its
   time is the call's; the cost is known only once the attempt has settled, so the span is
@@ -31,7 +31,7 @@ from uuid import UUID
 
 from django.conf import settings
 
-from kernel import tracing
+from kernel import context, tracing
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -56,6 +56,7 @@ COST_USD = "switchyard.cost_usd"
 ATTEMPT = "switchyard.attempt"
 QUEUE_WAIT_MS = "switchyard.queue_wait_ms"
 OUTCOME = "switchyard.outcome"
+REQUEST_ID = "switchyard.request_id"
 DELTAS = "switchyard.stream.deltas"
 # The provider names of the conventions where ours differ from them.
 _PROVIDER_NAMES = {"openai_compatible": "openai"}
@@ -84,6 +85,9 @@ def task_claimed(task: AITask, *, queue: str) -> None:
     since = task.dispatched_at or task.created_at  # dispatched_at: now() of who sent it
     waited_ns = max(claimed_ns - int(since.timestamp() * 1e9), 0)
     run.set_attributes({**_task_attributes(task), ATTEMPT: task.attempts, QUEUE_WAIT_MS: round(waited_ns / 1e6, 3)})
+    request_id = context.current_request_id()  # the dispatching request's (kernel.celery_signals)
+    if request_id:
+        run.set_attribute(REQUEST_ID, request_id)
     wait = tracing.start_span(
         "switchyard.queue_wait",
         attributes={**_task_attributes(task), "messaging.destination.name": queue},

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kernel import tracing
+from kernel.logging import _trace_ids
 from llm import tasks  # noqa: F401  (registers llm.run_ai_task, which run_next_message runs)
 from llm.models import AITask
 from llm.services.dispatch import pool_register, pool_slots
@@ -171,6 +172,7 @@ def assert_task_trace(spans: list[Span], task: AITask) -> dict[str, Span]:
     assert run.attributes["switchyard.task_id"] == str(task.id)
     assert run.attributes["switchyard.organization_id"] == str(task.organization_id)
     assert run.attributes["switchyard.outcome"] == "done"
+    assert run.attributes["switchyard.request_id"] == server.attributes["switchyard.request_id"]
     assert run.attributes["switchyard.queue_wait_ms"] >= 0
 
     wait = one(trace, "switchyard.queue_wait")
@@ -298,6 +300,45 @@ def test_a_failed_provider_call_is_an_error_span_with_its_error_type(
     assert one(spans, "run/llm.run_ai_task").attributes["switchyard.outcome"] == "retry"
 
 
+def test_log_lines_carry_the_ids_of_their_span(exporter: InMemorySpanExporter) -> None:
+    assert _trace_ids(None, "info", {}) == {}  # no span
+    with tracing.span("a request", kind="server") as current:
+        assert current is not None
+        line = _trace_ids(None, "info", {"event": "hello"})
+    context = current.get_span_context()
+    assert line == {"event": "hello", "trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+    tracing.uninstall()
+    with tracing.span("off", kind="server"):
+        assert _trace_ids(None, "info", {}) == {}
+
+
+def test_an_http_call_inside_a_task_is_a_client_span(exporter: InMemorySpanExporter) -> None:
+    """httpx (the webhook deliveries' client): its calls are spans of the task that makes them."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        with tracing.span("run/llm.deliver_webhook", kind="consumer"), httpx.Client(trust_env=False) as client:
+            assert client.post(url, json={}).status_code == 204
+    finally:
+        server.shutdown()
+    spans = [from_sdk(s) for s in exporter.get_finished_spans()]
+    run = one(spans, "run/llm.deliver_webhook")
+    call = one(spans, "POST")
+    assert call.kind == "client" and call.parent_id == run.span_id
+    assert call.attributes["http.status_code"] == 204
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @pytest.mark.django_db(transaction=True)
 def test_probes_and_lone_queries_start_no_trace(tenant: Tenant, exporter: InMemorySpanExporter) -> None:
     from django.test import Client
@@ -397,6 +438,7 @@ def test_one_trace_across_the_web_and_worker_processes_by_otlp(
     assert isinstance(spans, list)
     tree = assert_task_trace(spans, task)
     assert tree["server"].attributes["switchyard.request_id"] == "req-trace-1"
+    assert tree["run"].attributes["switchyard.request_id"] == "req-trace-1"
     assert tree["server"].resource["switchyard.role"] == "web"
     assert tree["run"].resource["switchyard.role"] == "worker-default"
     assert tree["provider"].resource["service.name"] == "switchyard-test"
