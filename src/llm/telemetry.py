@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -69,6 +69,7 @@ class _Call:
     deltas: int = 0
 
 
+_OFF: AbstractContextManager[None] = nullcontext()  # tracing off: one shared no-op block
 _local = threading.local()  # the attempt's provider span until it settles (one call per thread)
 
 
@@ -98,10 +99,14 @@ def task_claimed(task: AITask, *, queue: str) -> None:
         wait.end(end_time=claimed_ns)
 
 
-@contextmanager
-def provider_call(task: AITask, model: str) -> Iterator[None]:
+def provider_call(task: AITask, model: str) -> AbstractContextManager[None]:
     """The provider span around one call of ``model`` (current inside the block, so the
     SDK's own spans are its children); left open for ``attempt_finished``."""
+    return _provider_call(task, model) if tracing.enabled() else _OFF
+
+
+@contextmanager
+def _provider_call(task: AITask, model: str) -> Iterator[None]:
     provider = _PROVIDER_NAMES.get(settings.LLM_PROVIDER, settings.LLM_PROVIDER)
     span = tracing.start_span(
         f"chat {model}",
@@ -172,13 +177,14 @@ def _charged(task: AITask, outcome: str) -> Any:
     return AITask.objects.filter(id=task.id).values_list("cost_usd", flat=True).first() or 0
 
 
-@contextmanager
-def stream_publish(task_id: UUID | str, event: str) -> Iterator[None]:
+def stream_publish(task_id: UUID | str, event: str) -> AbstractContextManager[None]:
     """One SSE event appended to the task's stream, as a producer span; a chunk of the answer
     is counted on the provider span instead, and its Redis command is not traced."""
-    if not tracing.enabled():
-        yield
-        return
+    return _stream_publish(task_id, event) if tracing.enabled() else _OFF
+
+
+@contextmanager
+def _stream_publish(task_id: UUID | str, event: str) -> Iterator[None]:
     if event == "delta":
         call: _Call | None = getattr(_local, "call", None)
         if call is not None:
