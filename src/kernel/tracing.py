@@ -307,6 +307,36 @@ def quiet() -> Any:
     return suppress_instrumentation()
 
 
+def carrier() -> dict[str, str] | None:
+    """The current span's context as W3C ``traceparent`` headers, to continue its trace
+    later (``continued``); None without a recorded span."""
+    if current_span() is None:
+        return None
+    from opentelemetry.propagate import inject
+
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers or None
+
+
+def continued(headers: Mapping[str, str]) -> Any:
+    """A block whose spans continue the trace ``headers`` came from (``carrier``)."""
+    if _state is None:
+        return nullcontext()
+    from opentelemetry import context
+    from opentelemetry.propagate import extract
+
+    @contextmanager
+    def block() -> Iterator[None]:
+        token = context.attach(extract(headers))
+        try:
+            yield
+        finally:
+            context.detach(token)
+
+    return block()
+
+
 def remote_parent(span: Span) -> Span | None:
     """The span ``span`` continues from another process (the producer span of the message
     a task run consumes), as a parent for siblings of ``span``; None if it has none."""

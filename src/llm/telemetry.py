@@ -4,7 +4,7 @@ The instrumentations give a task's trace its frame: the server span of ``POST /v
 (202), the Celery producer span of the dispatch after commit, the consumer span of the run
 on the worker. This module adds, inside it:
 
-- ``switchyard.queue_wait``: from the dispatch to the claim, a sibling of the run span
+- ``switchyard.queue_wait``: from the submit (a retry: its send) to the claim, a sibling of the run span
   under the producer span (the waterfall reads publish → wait → run); the run span carries
   the task, its organization, the attempt, the request id and ``switchyard.queue_wait_ms``.
 - the provider span, named and attributed by the OpenTelemetry GenAI semantic conventions
@@ -15,8 +15,11 @@ on the worker. This module adds, inside it:
   (attempt and status; the answer's chunks are counted on the provider span instead of
   one span each).
 
-A task a worker's gate sends later (held at submit, or a retry) runs in the trace of that
-send, not of its 202: the link between them is ``switchyard.task_id``.
+A task the gate sends later — held at submit, or a retry — is sent by a worker's keeper
+thread, outside any trace: ``task_accepted`` remembers the submitting request's context in
+Redis (``sy:task-trace:<id>``, for ``TRACE_TTL_S``) and ``task_send`` continues it, so every
+attempt of the task is in the trace of its 202. A send inside a trace (the request's own,
+an admin's re-run, the sweeper's run) stays in that trace.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from django.conf import settings
+from django_redis import get_redis_connection
+from redis.exceptions import RedisError
 
 from kernel import context, tracing
 
@@ -58,6 +63,7 @@ QUEUE_WAIT_MS = "switchyard.queue_wait_ms"
 OUTCOME = "switchyard.outcome"
 REQUEST_ID = "switchyard.request_id"
 DELTAS = "switchyard.stream.deltas"
+TRACE_TTL_S = 3600  # how long a task's trace can be continued by the gate (held, retried)
 # The provider names of the conventions where ours differ from them.
 _PROVIDER_NAMES = {"openai_compatible": "openai"}
 
@@ -77,13 +83,49 @@ def _task_attributes(task: AITask) -> dict[str, tracing.AttributeValue]:
     return {TASK_ID: str(task.id), ORGANIZATION_ID: str(task.organization_id)}
 
 
+def _trace_key(task_id: UUID | str) -> str:
+    return f"sy:task-trace:{task_id}"
+
+
+def task_accepted(task_id: UUID) -> None:
+    """A task was accepted: remember the request's trace, for a send by the gate later."""
+    if not tracing.enabled():
+        return
+    headers = tracing.carrier()
+    if headers is None or "traceparent" not in headers:
+        return
+    try:
+        with tracing.quiet():  # the trace's own bookkeeping, not the request's work
+            get_redis_connection("default").set(_trace_key(task_id), headers["traceparent"], ex=TRACE_TTL_S)
+    except RedisError:
+        pass  # the send starts a trace of its own, as before
+
+
+def task_send(task_id: UUID) -> AbstractContextManager[None]:
+    """Around a send of ``task_id`` to the broker: outside any trace (the gate's fill on the
+    keeper thread), the send continues the task's own trace when it was remembered."""
+    if not tracing.enabled() or tracing.current_span() is not None:
+        return _OFF
+    try:
+        with tracing.quiet():
+            traceparent = get_redis_connection("default").get(_trace_key(task_id))
+    except RedisError:
+        return _OFF
+    if not traceparent:
+        return _OFF
+    value = traceparent.decode() if isinstance(traceparent, bytes) else str(traceparent)
+    return cast("AbstractContextManager[None]", tracing.continued({"traceparent": value}))
+
+
 def task_claimed(task: AITask, *, queue: str) -> None:
     """A worker claimed ``task``: the run span gets the task, and the wait becomes a span."""
     run = tracing.current_span()
     if run is None:
         return
     claimed_ns = time.time_ns()
-    since = task.dispatched_at or task.created_at  # dispatched_at: now() of who sent it
+    # The first attempt waited from the submit (at the gate, then in the broker); a retry
+    # from its send (dispatched_at: now() of who sent it).
+    since = task.created_at if task.attempts <= 1 else task.dispatched_at or task.created_at
     waited_ns = max(claimed_ns - int(since.timestamp() * 1e9), 0)
     run.set_attributes({**_task_attributes(task), ATTEMPT: task.attempts, QUEUE_WAIT_MS: round(waited_ns / 1e6, 3)})
     request_id = context.current_request_id()  # the dispatching request's (kernel.celery_signals)

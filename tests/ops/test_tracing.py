@@ -33,9 +33,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import llm.tasks  # noqa: F401  (registers llm.run_ai_task, which run_next_message runs)
 from kernel import tracing
 from kernel.logging import _trace_ids
-from llm import tasks  # noqa: F401  (registers llm.run_ai_task, which run_next_message runs)
+from llm import services
 from llm.models import AITask
 from llm.services.dispatch import pool_register, pool_slots
 from tests.conftest import Broker, Tenant
@@ -250,6 +251,46 @@ def test_one_trace_from_the_202_through_the_provider_call_to_the_stream_publish(
     _version, trace_id, parent_id, _flags = headers["traceparent"].split("-")
     assert (trace_id, parent_id) == (tree["publish"].trace_id, tree["publish"].span_id)
     assert tree["server"].resource["switchyard.role"] == "test"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_held_at_the_gate_is_sent_later_in_the_trace_of_its_202(
+    exporter: InMemorySpanExporter, tenant: Tenant, broker: Broker
+) -> None:
+    task_id = submit(tenant.client)  # no worker consumes the queue: the gate holds it
+    assert broker.task_ids("default") == [] and AITask.objects.get(id=task_id).dispatched_at is None
+    pool_register(queue="default", node="tracing-test", slots=4, ttl_s=60)
+    assert services.dispatch_fill("default").sent == 1  # as a worker's keeper thread: no trace around it
+    run_next_message("default", task_id)
+
+    task = AITask.objects.get(id=task_id)
+    assert task.status == AITask.Status.DONE
+    spans = [from_sdk(s) for s in exporter.get_finished_spans()]
+    assert_task_trace(spans, task)  # the send's producer span is a child of the 202's server span
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_attempt_of_a_task_is_in_the_trace_of_its_202(
+    exporter: InMemorySpanExporter, tenant: Tenant, broker: Broker
+) -> None:
+    pool_register(queue="default", node="tracing-test", slots=4, ttl_s=60)
+    response = tenant.client.post(
+        "/api/v1/ai-tasks/", {"prompt": "Fail once. #fake:error=503:1", "cache": False}, format="json"
+    )
+    task_id = response.json()["id"]
+    run_next_message("default", task_id)  # attempt 1 fails: back to the gate with a due time
+    wait_for(lambda: services.dispatch_fill("default").sent, timeout=10)  # sent once it is due
+    run_next_message("default", task_id)
+
+    assert AITask.objects.get(id=task_id).status == AITask.Status.DONE
+    spans = [from_sdk(s) for s in exporter.get_finished_spans()]
+    server = one(spans, "POST api/v1/ai-tasks/")
+    runs = [s for s in spans if s.name == "run/llm.run_ai_task"]
+    assert [r.attributes["switchyard.outcome"] for r in runs] == ["retry", "done"]
+    assert {r.trace_id for r in runs} == {server.trace_id}
+    sends = [s for s in spans if s.name == "apply_async/llm.run_ai_task"]
+    assert [s.parent_id for s in sends] == [server.span_id, server.span_id]
+    assert [r.parent_id for r in runs] == [s.span_id for s in sends]
 
 
 @pytest.mark.django_db(transaction=True)
