@@ -11,12 +11,12 @@ timeout, compression, certificate). The provider is also the global one, so libr
 trace through the OpenTelemetry API (the Anthropic SDK's call spans) join the traces.
 
 Only traces that begin with a request, a message sent or a task received are recorded
-(``_sampler``): a query or a Redis command outside any of them — the worker's keeper thread
-renewing leases four times a second — would be a trace of one span, over and over.
+(``_sampler``): a query or a Redis command outside any of them — the worker keeper thread's
+lease renewals and cancel polls — would be a trace of one span, over and over.
 
 What the llm context adds (the GenAI span of a provider call, the queue wait, the stream
-publish) goes through ``span``, ``current_span`` and ``quiet``, which cost one test of a
-module global while tracing is off. This module must not import a context (import-linter).
+publish, a task's trace continued by the gate) goes through the helpers at the end, which
+cost one test of a module global while tracing is off. This module must not import a context (import-linter).
 """
 
 from __future__ import annotations
