@@ -138,6 +138,14 @@ def test_fail_fast_writes_one_line_and_exits_2(capsys: pytest.CaptureFixture[str
         pytest.param({"LLM_PROVIDER": "openai_compatible"}, "LLM_BASE_URL is required", id="no-base-url"),
         pytest.param({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be json or console", id="bad-log-format"),
         pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL",
+            id="otlp-endpoint-without-scheme",
+        ),
+        pytest.param(
+            {"OTEL_TRACES_SAMPLE_RATE": "2"}, "OTEL_TRACES_SAMPLE_RATE must be between 0 and 1", id="trace-rate"
+        ),
+        pytest.param(
             {"WEBHOOK_SIGNING_SECRETS": ""}, "WEBHOOK_SIGNING_SECRETS is required when DEBUG is off", id="no-webhook"
         ),
         pytest.param(

@@ -486,6 +486,18 @@ SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
 if not 0.0 <= SENTRY_TRACES_SAMPLE_RATE <= 1.0:
     _config_errors.append("SENTRY_TRACES_SAMPLE_RATE must be between 0 and 1")
 
+# Traces by OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT (a collector's base URL; spans go to
+# <endpoint>/v1/traces) is set, in every role (kernel.tracing, started by KernelConfig.ready;
+# docs/operations.md#traces). Off otherwise: no instrumentation at all. The sample rate is
+# that of traces begun here (a request, a beat message); a task continues its sender's choice.
+OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="switchyard")
+OTEL_TRACES_SAMPLE_RATE = env.float("OTEL_TRACES_SAMPLE_RATE", default=1.0)
+if not 0.0 <= OTEL_TRACES_SAMPLE_RATE <= 1.0:
+    _config_errors.append("OTEL_TRACES_SAMPLE_RATE must be between 0 and 1")
+if OTEL_EXPORTER_OTLP_ENDPOINT and not OTEL_EXPORTER_OTLP_ENDPOINT.startswith(("http://", "https://")):
+    _config_errors.append("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL (OTLP/HTTP)")
+
 fail_fast(_config_errors)
 
 from kernel.logging import configure_logging

@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from kernel import tracing
+
 SECRET_FIELDS = frozenset({"authorization", "api_key", "password", "secret", "token", "key"})
 # Header and environ spellings of the same fields: HTTP_AUTHORIZATION, X-Api-Key, ...
 SECRET_SUFFIXES = ("_authorization", "_api_key", "_password", "_secret", "_token")
@@ -37,9 +39,20 @@ def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return event_dict
 
 
+def _trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """While tracing is on, the ids of the current span (kernel.tracing): a log line and its
+    trace are found by one id. Off, one test of a global."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
+    return event_dict
+
+
 def configure_logging(*, fmt: str, level: str) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -31,6 +31,7 @@ from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
+from llm import telemetry
 
 if TYPE_CHECKING:
     from contracts.llm import AITask as AITaskContract
@@ -60,16 +61,17 @@ def cancel_key(task_id: UUID | str) -> str:
 def publish(task_id: UUID | str, event: str, data: Mapping[str, Any]) -> str | None:
     """Append one event; returns its id, or None when Redis is unavailable (logged)."""
     try:
-        client = get_redis_connection("default")
-        pipe = client.pipeline(transaction=False)
-        pipe.xadd(
-            stream_key(task_id),
-            {"event": event, "data": json.dumps(data, default=str)},
-            maxlen=MAX_EVENTS_PER_TASK,
-            approximate=True,
-        )
-        pipe.expire(stream_key(task_id), settings.SSE_STREAM_TTL_S)
-        event_id = pipe.execute()[0]
+        with telemetry.stream_publish(task_id, event):
+            client = get_redis_connection("default")
+            pipe = client.pipeline(transaction=False)
+            pipe.xadd(
+                stream_key(task_id),
+                {"event": event, "data": json.dumps(data, default=str)},
+                maxlen=MAX_EVENTS_PER_TASK,
+                approximate=True,
+            )
+            pipe.expire(stream_key(task_id), settings.SSE_STREAM_TTL_S)
+            event_id = pipe.execute()[0]
     except RedisError:
         log.warning("stream_publish_failed", task_id=str(task_id), event_type=event, exc_info=True)
         return None

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from django.conf import settings
 
-from tests.pipeline.conftest import process_env, start_worker
+from tests.pipeline.conftest import process_env, start_stream_server, start_worker
 from tests.support import ROOT, free_port
 
-__all__ = ["start_web", "start_worker"]
+__all__ = ["start_stream_server", "start_web", "start_worker"]
 
 # A replica alias as DATABASE_REPLICA_URLS makes one (a test mirror of the primary), for
 # the router tests, which point it at a second database of their own. DATABASE_REPLICAS

@@ -39,6 +39,7 @@ from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from contracts.llm import QUEUE_FOR_PRIORITY, FillReport, QueueName
+from llm import telemetry
 from llm.models import AITask, DispatchPolicy
 
 log = structlog.get_logger(__name__)
@@ -57,9 +58,10 @@ def send(task_id: UUID, priority: str, *, countdown: float | None = None) -> boo
     """Send the task to its queue's broker list. A broker outage is logged, not raised: the
     task stays ``pending`` and the sweeper sends it again."""
     try:
-        current_app.send_task(
-            RUN_TASK, args=[str(task_id)], task_id=str(task_id), queue=queue_for(priority), countdown=countdown
-        )
+        with telemetry.task_send(task_id):  # the gate's later send continues the task's trace
+            current_app.send_task(
+                RUN_TASK, args=[str(task_id)], task_id=str(task_id), queue=queue_for(priority), countdown=countdown
+            )
     except Exception as exc:  # kombu raises a variety of connection errors
         log.warning("dispatch_failed", task_id=str(task_id), error=type(exc).__name__)
         return False

@@ -32,7 +32,7 @@ from contracts.billing import TokenUsage
 from contracts.llm import ExecutionOutcome
 from kernel import metrics
 from kernel.db import release_connection
-from llm import response_cache, streams
+from llm import response_cache, streams, telemetry
 from llm.limits import ProviderBusy, provider_backoff, provider_slot, task_token_estimate
 from llm.models import AITask, DeadLetter
 from llm.providers import Completion, ProviderError, RateLimited, TextDelta, get_provider
@@ -87,11 +87,13 @@ def task_execute(*, task_id: UUID) -> ExecutionOutcome:
         return ExecutionOutcome(kind="skipped")
     started = time.perf_counter()
     _observe_claim(task)
+    telemetry.task_claimed(task, queue=queue_for(task.priority))
     outcome = ExecutionOutcome(kind="failed", code="internal_error")  # what an exception out of _attempt counts as
     try:
         outcome = _attempt(task)
         return outcome
     finally:
+        telemetry.attempt_finished(task, outcome=outcome.kind)
         _observe_outcome(task, outcome, time.perf_counter() - started)
         release_connection()
         runtime().poke(queue_for(task.priority))
@@ -129,8 +131,13 @@ def _attempt(task: AITask) -> ExecutionOutcome:
         # worker; while the provider pushes back (429) no slot is handed out.
         # The wait stays well inside the soft deadline: no slot in time hands the task back.
         wait = min(settings.LLM_SLOT_WAIT_S, max(call.soft_deadline - time.monotonic(), 0) / 2)
-        with provider_slot(model, timeout_s=wait, tokens=estimate) as slot, guarded(guard):
+        with (
+            provider_slot(model, timeout_s=wait, tokens=estimate) as slot,
+            guarded(guard),
+            telemetry.provider_call(task, model),
+        ):
             completion = _run(get_provider().stream(request), task, produced)
+            telemetry.call_completed(completion)
             slot.record_tokens(completion.input_tokens + completion.output_tokens)
     except ProviderBusy as exc:
         return _wait_for_provider(task, exc)

@@ -17,7 +17,7 @@ from contracts.billing import ReservationRequest, TokenUsage
 from contracts.llm import AITask as AITaskContract
 from contracts.llm import TaskSubmission
 from kernel.flags import Switch
-from llm import response_cache
+from llm import response_cache, telemetry
 from llm.limits import input_token_estimate, task_token_estimate
 from llm.models import AITask
 from llm.services import dispatch as gate
@@ -83,6 +83,7 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
             dispatch_count=1 if admitted else 0,
             **_fields(submission),
         )
+        telemetry.task_accepted(task.id)  # a later send (held, retried) continues this trace
         if admitted:
             transaction.on_commit(lambda: send(task.id, task.priority))
     return to_task(task)
