@@ -1,6 +1,6 @@
 """The llm context's part of a trace (kernel.tracing; nothing at all while tracing is off).
 
-The instrumentations give a task's trace its frame: the server span of ``POST /v1/tasks``
+The instrumentations give a task's trace its frame: the server span of ``POST /api/v1/ai-tasks/``
 (202), the Celery producer span of the dispatch after commit, the consumer span of the run
 on the worker. This module adds, inside it:
 
