@@ -78,9 +78,12 @@ def console(figures: list[Figure]) -> str:
 
 
 def markdown(figures: list[Figure], meta: dict[str, Any]) -> str:
+    extra = "".join(f" · {meta[k]}" for k in ("stacks",) if meta.get(k))
+    extra += f" · wall {meta['wall_s']:.0f} s" if meta.get("wall_s") else ""
+    extra += f" · load average at end {meta['loadavg_end']}" if meta.get("loadavg_end") else ""
     head = (
         f"Run {meta['date']} · `{meta['mode']}` · git {meta['git']} · {meta['cpus']} CPUs · "
-        f"load average at start {meta['loadavg']} · worker pool: {meta['worker_pool']}\n\n"
+        f"load average at start {meta['loadavg']} · worker pool: {meta['worker_pool']}{extra}\n\n"
     )
     rows = ["| scenario | figure | value | target | verdict | note |", "|---|---|---|---|---|---|"]
     for f in figures:
@@ -92,13 +95,17 @@ def markdown(figures: list[Figure], meta: dict[str, Any]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def meta(mode: str, worker_pool: str) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mode": mode,
         "git": git_revision(),
         "cpus": len(os.sched_getaffinity(0)),
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "loadavg": loadavg(),
         "python": platform.python_version(),
         "worker_pool": worker_pool,
     }
