@@ -16,7 +16,11 @@ from typing import Any, Literal
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
+# The full run's table goes under "Latest run", the quick run's under "Quick run".
+MARKERS = {
+    "full": ("<!-- bench:table:begin -->", "<!-- bench:table:end -->"),
+    "quick": ("<!-- bench:quick:begin -->", "<!-- bench:quick:end -->"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +129,11 @@ def write(figures: list[Figure], details: dict[str, Any], info: dict[str, Any], 
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     table = markdown(figures, info)
     path.with_suffix(".md").write_text(table)
-    if update_docs and DOCS.exists():
+    if update_docs and DOCS.exists() and info["mode"] in MARKERS:
+        begin, end = MARKERS[info["mode"]]
         text = DOCS.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
         if pattern.search(text):
             source = f"From `bench/results/{path.name}`.\n\n"
-            DOCS.write_text(pattern.sub(lambda _: f"{BEGIN}\n{source}{table}{END}", text))
+            DOCS.write_text(pattern.sub(lambda _: f"{begin}\n{source}{table}{end}", text))
     return path
