@@ -5,40 +5,59 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 import uuid
 from typing import Any
 
 from bench import wrk
 from bench.report import Figure
 from bench.scenarios import Keys, Sizes, client
-from bench.stack import running
+from bench.stack import for_scenario
 
 BODY = {"prompt": "Benchmark the submit path, please.", "cache": False, "metadata": {"bench": "capacity"}}
+
+
+def body(directive: str) -> dict[str, object]:
+    """BODY, its prompt ending with ``directive`` (the shared stack's latency) when given."""
+    return {**BODY, "prompt": f"{BODY['prompt']} {directive}".strip()}
 
 
 def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     latency = sizes.capacity_latency_ms
     connections, seconds = 64, sizes.capacity_seconds
-    with running({"FAKE_LLM_LATENCY_MS": str(latency)}) as (stack, _db):
+    with for_scenario(latency) as (stack, _db, directive):
+        payload = body(directive)  # the same body for all three: the naive view's call reads the directive too
         targets = {
-            "platform": (f"{stack.web}/api/v1/ai-tasks/", wrk.post_script(BODY, keys.a)),
-            "floor": (f"{stack.web}/bench/floor/", wrk.post_script(BODY)),
-            "naive": (f"{stack.web}/bench/naive/", wrk.post_script(BODY)),
+            "platform": (f"{stack.web}/api/v1/ai-tasks/", wrk.post_script(payload, keys.a)),
+            "floor": (f"{stack.web}/bench/floor/", wrk.post_script(payload)),
+            "naive": (f"{stack.web}/bench/naive/", wrk.post_script(payload)),
         }
         # Warm the paths (imports, connections) and fill the pools: "workers busy". Not the
         # naive view: its warm-up requests would still hold threads when the run starts.
         for name, (url, script) in targets.items():
             if name != "naive":
-                wrk.run(url, seconds=2, connections=8, script=script, threads=1)
+                wrk.run(url, seconds=sizes.warm_seconds, connections=8, script=script, threads=1)
         # A yardstick of the machine's state in this run: the cheapest request there is.
-        healthz = wrk.run(f"{stack.web}/healthz", seconds=3, connections=connections, script=wrk.get_script())
+        healthz = wrk.run(
+            f"{stack.web}/healthz", seconds=sizes.healthz_seconds, connections=connections, script=wrk.get_script()
+        )
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        # Each naive request takes the whole latency: run long enough for several waves.
-        naive_seconds = max(seconds, 4 * latency // 1000)
+        # Each naive request takes the whole latency: run long enough for several waves
+        # (four in the full run; the quick run's two, plus a second so the second wave's
+        # answers land inside the run).
+        waves = sizes.naive_waves
+        naive_seconds = max(seconds, waves * latency // 1000 + (0 if waves >= 4 else 1))
         for _ in range(sizes.capacity_rounds):  # rounds alternate, so drift hits all three alike
             for name, (url, script) in targets.items():
                 duration = naive_seconds if name == "naive" else seconds
                 rounds[name].append(wrk.run(url, seconds=duration, connections=connections, script=script))
+        web_restart_s = None
+        if sizes.fresh_web_after_naive:  # drop the naive requests still queued (Sizes)
+            started = time.monotonic()
+            stack.restart(("web",), stack.role_env["web"])
+            url, script = targets["platform"]
+            wrk.run(url, seconds=sizes.warm_seconds, connections=8, script=script, threads=1)
+            web_restart_s = round(time.monotonic() - started, 1)
         open_loop = [
             client(
                 "open",
@@ -51,6 +70,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                 str(sizes.open_loop_seconds),
                 "--batch",
                 f"open-{uuid.uuid4().hex[:8]}",
+                *(["--directive", directive] if directive else []),
             )
             for rate in sizes.open_loop_rates
         ]
@@ -73,7 +93,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
             "naive view closed-loop rate",
             rps["naive"],
             "req/s",
-            note=f"{latency} ms inline call; " + _pcts(rounds["naive"]),
+            note=f"{latency} ms inline call, {naive_seconds} s; " + _pcts(rounds["naive"]),
         ),
         Figure(s, "GET /healthz rate (yardstick of the machine)", healthz["rps"], "req/s", note=_pcts([healthz])),
         Figure(s, "platform / floor", rps["platform"] / rps["floor"], "x", 0.5, "higher"),
@@ -82,11 +102,14 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     for result in open_loop:
         rate = result["offered_rps"]
         note = f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['errors']} errors"
+        if web_restart_s is not None:
+            note += "; on a web role restarted after the naive round"
         if result["client_late"]:
             note += f", client late on {result['client_late']} sends"
         target = 50.0 if rate == 100 else None
         figures.append(Figure(s, f"open loop {rate:.0f} req/s offered: p95", result["p95_ms"], "ms", target, note=note))
-    return figures, {"wrk": rounds, "healthz": healthz, "open_loop": open_loop, "latency_ms": latency}
+    details = {"wrk": rounds, "healthz": healthz, "open_loop": open_loop, "latency_ms": latency}
+    return figures, details | {"naive_seconds": naive_seconds, "web_restart_s": web_restart_s}
 
 
 def _pcts(results: list[dict[str, float]]) -> str:

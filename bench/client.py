@@ -90,7 +90,9 @@ async def burst(
     }
 
 
-async def open_loop(url: str, key: str | None, rate: float, seconds: float, batch: str) -> dict[str, Any]:
+async def open_loop(
+    url: str, key: str | None, rate: float, seconds: float, batch: str, directive: str = ""
+) -> dict[str, Any]:
     """Offer ``rate`` requests/s whatever the answers do (no coordinated omission): each
     request is sent at its scheduled time and its latency counts from that time."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -105,7 +107,8 @@ async def open_loop(url: str, key: str | None, rate: float, seconds: float, batc
         async def one(i: int) -> None:
             scheduled = start + i / rate
             try:
-                response = await client.post(url, json=body(f"Open loop {batch} request {i}.", batch))
+                prompt = f"Open loop {batch} request {i}. {directive}".strip()
+                response = await client.post(url, json=body(prompt, batch))
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 return
@@ -153,6 +156,7 @@ def main() -> int:
     o.add_argument("--rate", type=float, required=True)
     o.add_argument("--seconds", type=float, required=True)
     o.add_argument("--batch", required=True)
+    o.add_argument("--directive", default="", help="appended to every prompt (fake provider directives)")
     args = parser.parse_args()
     if args.mode == "burst":
         result = asyncio.run(
@@ -168,7 +172,7 @@ def main() -> int:
             )
         )
     else:
-        result = asyncio.run(open_loop(args.url, args.key, args.rate, args.seconds, args.batch))
+        result = asyncio.run(open_loop(args.url, args.key, args.rate, args.seconds, args.batch, args.directive))
     json.dump(result, sys.stdout)
     return 0
 

@@ -11,7 +11,7 @@ from typing import Any
 from bench.client import percentile
 from bench.report import Figure
 from bench.scenarios import Keys, Sizes, client
-from bench.stack import Database, Stack, purge_queues, running
+from bench.stack import Database, Stack, for_scenario, settle
 
 LATENCY_MS = 200
 
@@ -27,10 +27,12 @@ def _waits(db: Database, batch: str) -> tuple[list[float], int]:
     return [float(r[0]) * 1000 for r in rows], sum(1 for r in rows if r[1])
 
 
-def _run(stack: Stack, db: Database, keys: Keys, sizes: Sizes, backlog: str, batch: str) -> dict[str, Any]:
+def _run(
+    stack: Stack, db: Database, keys: Keys, sizes: Sizes, backlog: str, batch: str, directive: str
+) -> dict[str, Any]:
     tag_backlog, tag_batch = f"prio-{backlog}-{uuid.uuid4().hex[:6]}", f"prio-{batch}-{uuid.uuid4().hex[:6]}"
     url = f"{stack.web}/api/v1/ai-tasks/"
-    common = ["--concurrency", "32", "--batch"]
+    common = [*(["--directive", directive] if directive else []), "--concurrency", "32", "--batch"]
     client("burst", url, keys.a, str(sizes.priority_backlog), *common, tag_backlog, "--priority", backlog)
     client("burst", url, keys.a, str(sizes.priority_batch), *common, tag_batch, "--priority", batch)
     deadline = time.monotonic() + sizes.priority_deadline_s
@@ -40,15 +42,14 @@ def _run(stack: Stack, db: Database, keys: Keys, sizes: Sizes, backlog: str, bat
             break
         time.sleep(0.5)
     waits, not_started = _waits(db, tag_batch)
-    db.cancel_open()
-    purge_queues()
+    settle(db)  # the next run starts with idle pools and empty queues
     return {"p50_ms": percentile(waits, 50), "p95_ms": percentile(waits, 95), "not_started": not_started}
 
 
 def priority(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
-    with running({"FAKE_LLM_LATENCY_MS": str(LATENCY_MS)}) as (stack, db):
-        isolated = _run(stack, db, keys, sizes, "low", "high")
-        shared = _run(stack, db, keys, sizes, "normal", "normal")
+    with for_scenario(LATENCY_MS) as (stack, db, directive):
+        isolated = _run(stack, db, keys, sizes, "low", "high", directive)
+        shared = _run(stack, db, keys, sizes, "normal", "normal", directive)
     s = "priority"
     where = f"{sizes.priority_backlog:,} backlog then {sizes.priority_batch}, {LATENCY_MS} ms calls"
 

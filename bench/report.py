@@ -16,7 +16,11 @@ from typing import Any, Literal
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
+# The full run's table goes under "Latest run", the quick run's under "Quick run".
+MARKERS = {
+    "full": ("<!-- bench:table:begin -->", "<!-- bench:table:end -->"),
+    "quick": ("<!-- bench:quick:begin -->", "<!-- bench:quick:end -->"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +82,12 @@ def console(figures: list[Figure]) -> str:
 
 
 def markdown(figures: list[Figure], meta: dict[str, Any]) -> str:
+    extra = "".join(f" · {meta[k]}" for k in ("stacks",) if meta.get(k))
+    extra += f" · wall {meta['wall_s']:.0f} s" if meta.get("wall_s") else ""
+    extra += f" · load average at end {meta['loadavg_end']}" if meta.get("loadavg_end") else ""
     head = (
         f"Run {meta['date']} · `{meta['mode']}` · git {meta['git']} · {meta['cpus']} CPUs · "
-        f"load average at start {meta['loadavg']} · worker pool: {meta['worker_pool']}\n\n"
+        f"load average at start {meta['loadavg']} · worker pool: {meta['worker_pool']}{extra}\n\n"
     )
     rows = ["| scenario | figure | value | target | verdict | note |", "|---|---|---|---|---|---|"]
     for f in figures:
@@ -92,13 +99,17 @@ def markdown(figures: list[Figure], meta: dict[str, Any]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def meta(mode: str, worker_pool: str) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mode": mode,
         "git": git_revision(),
         "cpus": len(os.sched_getaffinity(0)),
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "loadavg": loadavg(),
         "python": platform.python_version(),
         "worker_pool": worker_pool,
     }
@@ -118,10 +129,11 @@ def write(figures: list[Figure], details: dict[str, Any], info: dict[str, Any], 
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     table = markdown(figures, info)
     path.with_suffix(".md").write_text(table)
-    if update_docs and DOCS.exists():
+    if update_docs and DOCS.exists() and info["mode"] in MARKERS:
+        begin, end = MARKERS[info["mode"]]
         text = DOCS.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
         if pattern.search(text):
             source = f"From `bench/results/{path.name}`.\n\n"
-            DOCS.write_text(pattern.sub(lambda _: f"{BEGIN}\n{source}{table}{END}", text))
+            DOCS.write_text(pattern.sub(lambda _: f"{begin}\n{source}{table}{end}", text))
     return path

@@ -1,14 +1,16 @@
 """The benchmark harness: one entry point for the figures of issues 7 and 9.
 
-It starts the real stack itself for each scenario (every role through
-``bin/switchyard``, as production runs it: web with DEBUG=false, stream, the three
-worker pools, beat; the fake provider with the scenario's latency), drives it from
+It starts the real stack itself (every role through ``bin/switchyard``, as production
+runs it: web with DEBUG=false, stream, the three worker pools, beat; the fake provider
+with the scenario's latency): a fresh stack for each scenario in the full run, one stack
+for all of them in the quick run (``bench.stack.shared``). It drives the stack from
 separate processes (wrk; an asyncio httpx client), prints every figure with its target
 and "met" / "missed by X", and writes ``bench/results/<date>.json`` plus a markdown
 table that ``docs/benchmarks.md`` shows. It asserts nothing: it reports.
 
-Scenarios (in this order): inflight, memory, fairness, submit, dispatch, priority, sse; ``serving``
-(WSGI against ASGI) runs only when named.
+Scenarios (table order): inflight, memory, fairness, submit, dispatch, priority, sse
+(the quick run runs them in ``QUICK.shared_order``); ``serving`` (WSGI against ASGI)
+runs only when named.
 
 Usage: make bench | make bench-quick | python -m bench.run [--quick] [--scenario NAME ...]
 """
@@ -16,6 +18,8 @@ Usage: make bench | make bench-quick | python -m bench.run [--quick] [--scenario
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -32,7 +36,7 @@ from bench.report import Figure
 from bench.scenarios import QUICK, Keys, Sizes, dispatch, fairness, inflight, memory
 from bench.serving import serving
 from bench.sse import sse
-from bench.stack import DB, ROOT, SWITCHYARD, Database, base_env, manage
+from bench.stack import DB, ROOT, SWITCHYARD, Database, base_env, log
 
 Scenario = Callable[[Keys, Sizes], tuple[list[Figure], dict[str, Any]]]
 SCENARIOS: dict[str, Scenario] = {
@@ -48,15 +52,31 @@ SCENARIOS: dict[str, Scenario] = {
 DEFAULT = ("inflight", "memory", "fairness", "submit", "dispatch", "priority", "sse")
 
 
+# The management commands of prepare(), in one interpreter (one Django start-up, not five).
+_PREPARE = """
+import io, json, django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", "--noinput", verbosity=0)
+keys = {}
+for email, org in (("bench@switchyard.local", "Bench"), ("bench-b@switchyard.local", "Bench B")):
+    out = io.StringIO()
+    call_command("create_api_key", email, "--org", org, stdout=out, stderr=io.StringIO())
+    keys[org] = out.getvalue().strip().splitlines()[-1]
+    call_command("set_budget", org, "100000000", stdout=io.StringIO())
+print(json.dumps(keys))
+"""
+
+
 def prepare() -> Keys:
     """Migrate the bench database and issue one API key per organization (budgets that
     never run out: the budget check still runs on every submit)."""
     subprocess.run(["createdb", DB], capture_output=True, check=False)
-    manage("migrate", "--noinput")
-    key_a = manage("create_api_key", "bench@switchyard.local", "--org", "Bench").strip().splitlines()[-1]
-    key_b = manage("create_api_key", "bench-b@switchyard.local", "--org", "Bench B").strip().splitlines()[-1]
-    manage("set_budget", "Bench", "100000000")
-    manage("set_budget", "Bench B", "100000000")
+    out = subprocess.run(
+        [sys.executable, "-c", _PREPARE], cwd=ROOT, env=base_env(), check=True, capture_output=True, text=True
+    )
+    issued = json.loads(out.stdout.strip().splitlines()[-1])
+    key_a, key_b = issued["Bench"], issued["Bench B"]
     db = Database()
     org_a = str(db.scalar("SELECT id FROM users_organization WHERE name = 'Bench'"))
     org_b = str(db.scalar("SELECT id FROM users_organization WHERE name = 'Bench B'"))
@@ -95,29 +115,48 @@ def main() -> int:
         os.environ[name] = value  # base_env() starts from os.environ
     sizes = QUICK if args.quick else Sizes()
     names = args.scenario or list(DEFAULT)
+    if sizes.shared_order is not None:  # one stack: the order that needs the fewest restarts
+        names = sorted(names, key=lambda n: sizes.shared_order.index(n) if n in sizes.shared_order else len(names))
+    run_started = time.monotonic()
     info = report.meta("quick" if args.quick else "full", worker_pool())
-    print(f"bench: {info['mode']} run of {', '.join(names)}; worker-default: {info['worker_pool']}", flush=True)
+    info["stacks"] = (
+        "one stack for every scenario, latency per task (#fake:sleep)"
+        if sizes.shared_order is not None
+        else "a fresh stack per scenario"
+    )
+    log(f"{info['mode']} run of {', '.join(names)}; worker-default: {info['worker_pool']}")
     keys = prepare()
-    figures: list[Figure] = []
+    log(f"prepared the database and keys in {time.monotonic() - run_started:.1f} s")
+    found_by: dict[str, list[Figure]] = {}
     details: dict[str, Any] = {"sizes": sizes.__repr__()}
-    for name in names:
-        started, aborts = time.monotonic(), len(stack.ABORTS)
-        print(f"bench: {name} ...", flush=True)
-        try:
-            found, detail = SCENARIOS[name](keys, sizes)
-        except Exception as exc:  # one broken scenario must not lose the others' figures
-            traceback.print_exc()
-            found, detail = (
-                [Figure(name, f"scenario failed: {type(exc).__name__}", float("nan"), "")],
-                {"error": repr(exc)},
-            )
-        for reason in stack.ABORTS[aborts:]:
-            found.append(Figure(name, "stack stopped early by the connection guard", float("nan"), "", note=reason))
-        detail["wall_s"] = round(time.monotonic() - started, 1)
-        figures += found
-        details[name] = detail
-        print(report.console(found), flush=True)
+    shared = stack.shared() if sizes.shared_order is not None else contextlib.nullcontext()
+    with shared:
+        for name in names:
+            started, aborts = time.monotonic(), len(stack.ABORTS)
+            log(f"{name} ...")
+            try:
+                found, detail = SCENARIOS[name](keys, sizes)
+            except Exception as exc:  # one broken scenario must not lose the others' figures
+                traceback.print_exc()
+                found, detail = (
+                    [Figure(name, f"scenario failed: {type(exc).__name__}", float("nan"), "")],
+                    {"error": repr(exc)},
+                )
+            for reason in stack.ABORTS[aborts:]:
+                found.append(Figure(name, "stack stopped early by the connection guard", float("nan"), "", note=reason))
+            detail["wall_s"] = round(time.monotonic() - started, 1)
+            found_by[name] = found
+            details[name] = detail
+            log(f"{name} took {detail['wall_s']:.1f} s")
+            print(report.console(found), flush=True)
+    details["wall_s"] = round(time.monotonic() - run_started, 1)
+    info["wall_s"] = details["wall_s"]
+    info["loadavg_end"] = report.loadavg()
+    # The table keeps one order whatever order the scenarios ran in.
+    order = [n for n in SCENARIOS if n in found_by]
+    figures = [figure for name in order for figure in found_by[name]]
     path = report.write(figures, details, info, update_docs=not args.no_docs and not args.scenario)
+    log(f"done in {details['wall_s']:.0f} s")
     print(f"\nbench: wrote {path.relative_to(ROOT)} and {path.with_suffix('.md').relative_to(ROOT)}")
     return 0
 

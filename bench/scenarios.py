@@ -1,4 +1,5 @@
-"""The task-lifecycle scenarios of issues 7 and 9, each on a fresh stack.
+"""The task-lifecycle scenarios of issues 7 and 9, each on a fresh stack (full run) or on
+the quick run's one shared stack (``bench.stack.for_scenario``).
 
 Each returns the figures it measured (with their targets) and the raw details that go
 into the JSON file. Load comes from separate processes (``bench.client``, wrk).
@@ -17,7 +18,7 @@ from typing import Any
 
 from bench.client import percentile
 from bench.report import Figure
-from bench.stack import ROOT, Database, Stack, base_env, group_cpu_s, group_memory, running
+from bench.stack import ROOT, Database, Stack, base_env, for_scenario, group_cpu_s, group_memory
 
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -61,25 +62,51 @@ class Sizes:
     sse_load_latency_ms: int = 500
     sse_seconds: int = 15
     sse_ramp: float = 100.0  # new SSE connections per second
+    # Shorter phases the quick run uses (the full run keeps what it always did).
+    memory_pause_s: float = 2  # after each batch, before reading RSS
+    warm_seconds: int = 2  # wrk warm-up per path
+    healthz_seconds: int = 3
+    naive_waves: int = 4  # the naive view's wrk run lasts this many call latencies (at least)
+    sse_warm_seconds: int = 3
+    sse_stop_after_load: bool = False  # True: close the SSE clients once the load has run
+    # True: restart web after the naive view's round. wrk stops with up to 64 naive requests
+    # still queued in gunicorn (one worker took every connection and serves four at a time),
+    # which then hold web threads for a minute and more: the open loop that follows would
+    # measure them (on a shared stack, the next scenarios too).
+    fresh_web_after_naive: bool = False
+    # One stack for every scenario (bench.stack.shared), in this order; None: a fresh stack each.
+    shared_order: tuple[str, ...] | None = None
 
 
+# The quick run: every scenario on one stack, small counts, short phases (about two
+# minutes on the 2-core development machine). Memory runs first (a fresh worker: its
+# growth figure starts from the same place as the full run's); fairness last, since it
+# restarts worker-default with 10 threads.
 QUICK = Sizes(
     inflight_deadline_s=35,
-    memory_large=500,
-    memory_deadline_s=120,
-    fairness_backlog=300,
-    fairness_deadline_s=15,
-    capacity_seconds=6,
+    memory_large=300,
+    memory_deadline_s=60,
+    fairness_backlog=200,
+    fairness_deadline_s=10,
+    capacity_seconds=4,
     capacity_rounds=1,
     open_loop_rates=(100.0,),
-    open_loop_seconds=6,
-    dispatch_tasks=50,
-    dispatch_rate=5.0,
-    priority_backlog=400,
-    priority_batch=40,
-    priority_deadline_s=15,
+    open_loop_seconds=4,
+    dispatch_tasks=40,
+    dispatch_rate=10.0,
+    priority_backlog=200,
+    priority_batch=20,
+    priority_deadline_s=10,
     sse_latency_ms=60_000,
-    sse_seconds=6,
+    sse_seconds=4,
+    memory_pause_s=1,
+    warm_seconds=1,
+    healthz_seconds=2,
+    naive_waves=2,
+    sse_warm_seconds=1,
+    sse_stop_after_load=True,
+    fresh_web_after_naive=True,
+    shared_order=("memory", "inflight", "submit", "dispatch", "priority", "sse", "fairness"),
 )
 
 
@@ -181,14 +208,14 @@ class Sampler(threading.Thread):
 def inflight(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     """Issue 7: N tasks x 10 s submitted at once against one worker-default process group."""
     n, latency = sizes.inflight_tasks, sizes.inflight_latency_ms
-    with running({"FAKE_LLM_LATENCY_MS": str(latency)}) as (stack, db):
+    with for_scenario(latency) as (stack, db, directive):
         pgid = stack.pgid("worker-default")
         idle = group_memory(pgid)
         batch = f"inflight-{uuid.uuid4().hex[:8]}"
         sampler = Sampler(pgid, batch)
         sampler.start()
         first_submit = time.monotonic()
-        burst = submit(stack, keys.a, n, batch, concurrency=64)
+        burst = submit(stack, keys.a, n, batch, concurrency=64, directive=directive)
         accepted = int(burst["submitted"])  # a rejected submit would otherwise hold the wait to the deadline
         finished, _ = wait_terminal(
             db, batch, accepted, sizes.inflight_deadline_s - (time.monotonic() - first_submit), stack.aborted
@@ -260,20 +287,20 @@ def _errors(result: dict[str, Any]) -> str:
 def memory(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     """Issue 7 item 7: worker-default RSS after 100 tasks and after 5,000 (short latency)."""
     small, large = sizes.memory_small, sizes.memory_large
-    with running({"FAKE_LLM_LATENCY_MS": "50"}) as (stack, db):
+    with for_scenario(50) as (stack, db, directive):
         pgid, web = stack.pgid("worker-default"), stack.pgid("web")
         batch = f"memory-{uuid.uuid4().hex[:8]}"
         cpu_worker, cpu_web = group_cpu_s(pgid), group_cpu_s(web)
-        first = submit(stack, keys.a, small, batch, concurrency=16)
+        first = submit(stack, keys.a, small, batch, concurrency=16, directive=directive)
         ok_small, _ = wait_terminal(db, batch, int(first["submitted"]), sizes.memory_deadline_s, stack.aborted)
-        time.sleep(2)
+        time.sleep(sizes.memory_pause_s)
         after_small = group_memory(pgid)
         second_started = time.monotonic()
-        second = submit(stack, keys.a, large - small, batch, concurrency=16)
+        second = submit(stack, keys.a, large - small, batch, concurrency=16, directive=directive)
         accepted = int(first["submitted"]) + int(second["submitted"])
         ok_large, _ = wait_terminal(db, batch, accepted, sizes.memory_deadline_s, stack.aborted)
         seconds = time.monotonic() - second_started
-        time.sleep(2)
+        time.sleep(sizes.memory_pause_s)
         after_large = group_memory(pgid)
         cpu_worker, cpu_web = group_cpu_s(pgid) - cpu_worker, group_cpu_s(web) - cpu_web
         total, terminal, _ = batch_state(db, batch)
@@ -326,12 +353,11 @@ def fairness(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     The pool is cut to FAIRNESS_SLOTS threads: 300 threads drain 1 s calls faster than one
     client can submit them, so A would never have a backlog for B to wait behind."""
     latency = sizes.fairness_latency_ms
-    env = {"FAKE_LLM_LATENCY_MS": str(latency), "WORKER_DEFAULT_CONCURRENCY": str(FAIRNESS_SLOTS)}
-    with running(env) as (stack, db):
+    with for_scenario(latency, {"WORKER_DEFAULT_CONCURRENCY": str(FAIRNESS_SLOTS)}) as (stack, db, directive):
         batch_a, batch_b = f"fair-a-{uuid.uuid4().hex[:8]}", f"fair-b-{uuid.uuid4().hex[:8]}"
-        backlog = submit(stack, keys.a, sizes.fairness_backlog, batch_a, concurrency=32)
+        backlog = submit(stack, keys.a, sizes.fairness_backlog, batch_a, concurrency=32, directive=directive)
         total_a, terminal_a, _ = batch_state(db, batch_a)
-        b = submit(stack, keys.b, 1, batch_b, concurrency=1)
+        b = submit(stack, keys.b, 1, batch_b, concurrency=1, directive=directive)
         task_b = b["ids"][0]
         deadline = time.monotonic() + sizes.fairness_deadline_s
         wait = float("nan")
@@ -366,9 +392,9 @@ def fairness(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
 def dispatch(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     """Issue 9: commit → started_at and the overhead around the provider call, idle pools."""
     latency = sizes.dispatch_latency_ms
-    with running({"FAKE_LLM_LATENCY_MS": str(latency)}) as (stack, db):
+    with for_scenario(latency) as (stack, db, directive):
         batch = f"dispatch-{uuid.uuid4().hex[:8]}"
-        submit(stack, keys.a, sizes.dispatch_tasks, batch, concurrency=4, rate=sizes.dispatch_rate)
+        submit(stack, keys.a, sizes.dispatch_tasks, batch, concurrency=4, rate=sizes.dispatch_rate, directive=directive)
         wait_terminal(db, batch, sizes.dispatch_tasks, 60, stack.aborted)
         rows = db.rows(
             "SELECT extract(epoch FROM started_at - created_at), extract(epoch FROM completed_at - created_at) "

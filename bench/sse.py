@@ -35,10 +35,10 @@ from typing import Any
 import redis
 
 from bench import wrk
-from bench.capacity import BODY
+from bench.capacity import body
 from bench.report import Figure
 from bench.scenarios import Keys, Sizes, batch_state, client, submit
-from bench.stack import REDIS_URL, ROOT, Database, Stack, base_env, group_cpu_s, group_memory, group_pids, running
+from bench.stack import REDIS_URL, ROOT, Database, Stack, base_env, for_scenario, group_cpu_s, group_memory, group_pids
 
 PER_TASK = 5
 
@@ -102,14 +102,15 @@ def _cpu_share(before: dict[str, float], after: dict[str, float], wall_s: float)
 
 
 def _open_loop(
-    stack: Stack, key: str, rate: float, seconds: float, extra_pid: int | None = None
+    stack: Stack, key: str, rate: float, seconds: float, directive: str, extra_pid: int | None = None
 ) -> tuple[dict[str, Any], tuple[int, int], dict[str, float]]:
     sampler = ConnectionSampler()
     sampler.start()
     url = f"{stack.web}/api/v1/ai-tasks/"
     cpu_before, wall = _cpu(stack, extra_pid), time.monotonic()
     result = client("open", url, "--key", key, "--rate", f"{rate:.1f}", "--seconds", str(seconds),
-                    "--batch", f"sse-load-{uuid.uuid4().hex[:6]}")  # fmt: skip
+                    "--batch", f"sse-load-{uuid.uuid4().hex[:6]}",
+                    *(["--directive", directive] if directive else []))  # fmt: skip
     cpu = _cpu_share(cpu_before, _cpu(stack, extra_pid), time.monotonic() - wall)
     return result, sampler.stop(), cpu
 
@@ -136,10 +137,10 @@ def _threads(pgid: int) -> int:
 
 def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     clients = sizes.sse_clients
-    with running({"FAKE_LLM_LATENCY_MS": str(sizes.sse_load_latency_ms)}) as (stack, db):
-        script = wrk.post_script(BODY, keys.a)
+    with for_scenario(sizes.sse_load_latency_ms) as (stack, db, directive):
+        script = wrk.post_script(body(directive), keys.a)
         url = f"{stack.web}/api/v1/ai-tasks/"
-        wrk.run(url, seconds=3, connections=16, script=script)  # warm every web worker
+        wrk.run(url, seconds=sizes.sse_warm_seconds, connections=16, script=script)  # warm every web worker
         capacity = wrk.run(url, seconds=sizes.sse_seconds, connections=64, script=script)
         rate = max(capacity["rps"] / 2, 1.0)
         idle_connections = db.connections()
@@ -147,18 +148,20 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         batch = f"sse-{uuid.uuid4().hex[:6]}"
         burst = submit(stack, keys.a, clients // PER_TASK, batch, concurrency=16,
                        directive=f"#fake:sleep={sizes.sse_latency_ms}")  # fmt: skip
-        baseline, (baseline_peak, baseline_stream), baseline_cpu = _open_loop(stack, keys.a, rate, sizes.sse_seconds)
+        baseline, (baseline_peak, baseline_stream), baseline_cpu = _open_loop(
+            stack, keys.a, rate, sizes.sse_seconds, directive
+        )
         baseline_redis = _redis_connections(REDIS_URL)
         _, _, streaming_at_baseline = batch_state(db, batch)
 
         ids = Path(tempfile.mkstemp(prefix="sy-bench-sse-", suffix=".txt")[1])
         ids.write_text("\n".join(burst["ids"]))
-        ready = ids.with_suffix(".ready")
+        ready, stop = ids.with_suffix(".ready"), ids.with_suffix(".stop")
         hold = 1000 / sizes.sse_ramp + 3 * sizes.sse_seconds + 30
         fan_out = subprocess.Popen(
             [sys.executable, "-m", "bench.sse_client", f"http://127.0.0.1:{stack.stream_port}", keys.a, str(ids),
              "--per-task", str(PER_TASK), "--ramp", str(sizes.sse_ramp), "--hold", f"{hold:.0f}",
-             "--ready", str(ready)],
+             "--ready", str(ready), "--stop", str(stop)],
             cwd=ROOT, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         ramp_sampler = ConnectionSampler()  # the stream role's connections while clients connect
@@ -171,13 +174,17 @@ def sse(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         stream_cpu, wall = group_cpu_s(stack.pgid("stream")), time.monotonic()
         threads_sampled = [_threads(stack.pgid("stream"))]
         sse_redis = _redis_connections(REDIS_URL)
-        with_sse, (sse_peak, sse_stream), sse_cpu = _open_loop(stack, keys.a, rate, sizes.sse_seconds, fan_out.pid)
+        with_sse, (sse_peak, sse_stream), sse_cpu = _open_loop(
+            stack, keys.a, rate, sizes.sse_seconds, directive, fan_out.pid
+        )
         sse_peak, sse_stream = max(sse_peak, ramp_peak), max(sse_stream, ramp_stream)
         _, done_during_sse, streaming_with_sse = batch_state(db, batch)
         threads_sampled.append(_threads(stack.pgid("stream")))
         stream_busy = (group_cpu_s(stack.pgid("stream")) - stream_cpu) / (time.monotonic() - wall)
         stream_memory = group_memory(stack.pgid("stream"))
         stream_threads = max(threads_sampled, default=0)
+        if sizes.sse_stop_after_load:  # the figures are taken: close the clients now, not at the hold's end
+            stop.touch()
         out, err = fan_out.communicate(timeout=hold + 60)
         if fan_out.returncode != 0:
             raise RuntimeError(f"bench.sse_client failed: {err[-2000:]}")

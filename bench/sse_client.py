@@ -9,7 +9,8 @@ per second. Writes ``--ready`` (a file) once every client has connected or faile
 Delivery delay of an event: its receipt time minus the time in its id (a Redis stream
 id is ``<milliseconds>-<seq>``, taken from the Redis server's clock on this machine when
 the event was added). The snapshot each stream opens with is not a live event and is not
-counted. Prints one JSON object.
+counted. Once the ``--stop`` file exists every client still reading closes (a stream held
+until then counts as held, like one held to ``--hold``). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -127,7 +128,21 @@ async def _raw(reader: asyncio.StreamReader) -> Any:
         yield data
 
 
-async def run(base: str, key: str, task_ids: list[str], per_task: int, ramp: float, hold_s: float, ready: Path) -> Any:
+async def _until_exists(path: Path) -> None:
+    while not path.exists():
+        await asyncio.sleep(0.1)
+
+
+async def run(
+    base: str,
+    key: str,
+    task_ids: list[str],
+    per_task: int,
+    ramp: float,
+    hold_s: float,
+    ready: Path,
+    stop: Path | None = None,
+) -> Any:
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     tally = Tally()
@@ -146,7 +161,18 @@ async def run(base: str, key: str, task_ids: list[str], per_task: int, ramp: flo
     ramp_s = time.monotonic() - start
     held_at_ready = tally.open
     ready.write_text(json.dumps({"open": tally.open}))
-    await asyncio.gather(*pending)
+    if stop is None:
+        await asyncio.gather(*pending)
+    else:
+        everyone: asyncio.Future[Any] = asyncio.gather(*pending)
+        stopped: asyncio.Future[Any] = asyncio.create_task(_until_exists(stop))
+        await asyncio.wait([everyone, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        for client in pending:
+            client.cancel()  # its finally closes the socket
+        await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await everyone
     return {
         "clients": len(clients),
         "connected": tally.connected,
@@ -173,11 +199,12 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=200.0, help="connections opened per second")
     parser.add_argument("--hold", type=float, default=60.0)
     parser.add_argument("--ready", type=Path, required=True)
+    parser.add_argument("--stop", type=Path, default=None, help="close every client once this file exists")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a socket per client
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     task_ids = [line.strip() for line in Path(args.tasks).read_text().splitlines() if line.strip()]
-    result = asyncio.run(run(args.base, args.key, task_ids, args.per_task, args.ramp, args.hold, args.ready))
+    result = asyncio.run(run(args.base, args.key, task_ids, args.per_task, args.ramp, args.hold, args.ready, args.stop))
     json.dump(result, sys.stdout)
     return 0
 
