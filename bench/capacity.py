@@ -47,17 +47,22 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         # answers land inside the run).
         waves = sizes.naive_waves
         naive_seconds = max(seconds, waves * latency // 1000 + (0 if waves >= 4 else 1))
-        for _ in range(sizes.capacity_rounds):  # rounds alternate, so drift hits all three alike
-            for name, (url, script) in targets.items():
-                duration = naive_seconds if name == "naive" else seconds
-                rounds[name].append(wrk.run(url, seconds=duration, connections=connections, script=script))
-        web_restart_s = None
-        if sizes.fresh_web_after_naive:  # drop the naive requests still queued (Sizes)
+        web_restart_s = 0.0
+
+        def fresh_web() -> None:  # drop the naive requests still queued in gunicorn (Sizes)
+            nonlocal web_restart_s
             started = time.monotonic()
             stack.restart(("web",), stack.role_env["web"])
             url, script = targets["platform"]
             wrk.run(url, seconds=sizes.warm_seconds, connections=8, script=script, threads=1)
-            web_restart_s = round(time.monotonic() - started, 1)
+            web_restart_s += round(time.monotonic() - started, 1)
+
+        for _ in range(sizes.capacity_rounds):  # rounds alternate, so drift hits all three alike
+            for name, (url, script) in targets.items():
+                duration = naive_seconds if name == "naive" else seconds
+                rounds[name].append(wrk.run(url, seconds=duration, connections=connections, script=script))
+                if name == "naive" and sizes.fresh_web_after_naive:  # before the next round, the open loop
+                    fresh_web()
         open_loop = [
             client(
                 "open",
@@ -102,8 +107,8 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     for result in open_loop:
         rate = result["offered_rps"]
         note = f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['errors']} errors"
-        if web_restart_s is not None:
-            note += "; on a web role restarted after the naive round"
+        if sizes.fresh_web_after_naive:
+            note += "; on a web role restarted after each naive round"
         if result["client_late"]:
             note += f", client late on {result['client_late']} sends"
         target = 50.0 if rate == 100 else None

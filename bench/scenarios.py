@@ -71,9 +71,9 @@ class Sizes:
     sse_stop_after_load: bool = False  # True: close the SSE clients once the load has run
     # True: restart web after the naive view's round. wrk stops with up to 64 naive requests
     # still queued in gunicorn (one worker took every connection and serves four at a time),
-    # which then hold web threads for a minute and more: the open loop that follows would
-    # measure them (on a shared stack, the next scenarios too).
-    fresh_web_after_naive: bool = False
+    # which then hold web threads for a minute and more: the next round and the open loop
+    # that follows would measure them (on a shared stack, the next scenarios too).
+    fresh_web_after_naive: bool = True
     # One stack for every scenario (bench.stack.shared), in this order; None: a fresh stack each.
     shared_order: tuple[str, ...] | None = None
 
