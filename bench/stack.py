@@ -150,6 +150,7 @@ class Memory:
     processes: int
     rss_mib: float  # sum of VmRSS: shared pages count once per process (what the issue asks)
     pss_mib: float  # proportional set size: shared pages split between processes
+    threads: int = 0  # a threads pool starts its threads as concurrency first needs them
 
 
 def group_memory(pgid: int) -> Memory:
@@ -158,6 +159,7 @@ def group_memory(pgid: int) -> Memory:
         processes=len(pids),
         rss_mib=sum(_status_kib(p, "VmRSS") for p in pids) / 1024,
         pss_mib=sum(_pss_kib(p) for p in pids) / 1024,
+        threads=sum(_status_kib(p, "Threads") for p in pids),
     )
 
 
