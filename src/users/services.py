@@ -14,8 +14,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -224,24 +223,11 @@ def bearer_authenticate(*, authorization: str, meta: Mapping[str, Any]) -> Princ
     return principal
 
 
-async def stream_authenticate(*, authorization: str, meta: Mapping[str, Any]) -> Principal:
-    """For the SSE view (async, not a DRF view): ``bearer_authenticate`` and then the key's
-    and organization's request limits (DRF views get those from their throttle class), in
-    a worker thread that closes its database connection, so an open stream holds none."""
-    return await sync_to_async(_stream_authenticate, thread_sensitive=False)(authorization, meta)
-
-
-def _stream_authenticate(authorization: str, meta: Mapping[str, Any]) -> Principal:
-    try:
-        return stream_authorize(authorization=authorization, meta=meta)
-    finally:
-        connection.close()
-
-
 def stream_authorize(*, authorization: str, meta: Mapping[str, Any]) -> Principal:
-    """``stream_authenticate``'s checks, synchronously, leaving the connection to the caller:
-    for a caller that does more database work in the same worker thread (the SSE view's
-    one hop) and closes the connection itself."""
+    """For the SSE view (not a DRF view, so no DRF throttle class): ``bearer_authenticate``,
+    then the key's and the organization's request limits. Synchronous, leaving the database
+    connection to the caller: the view runs it in the one worker thread that also reads the
+    task, and closes the connection there, so an open stream holds none."""
     principal = bearer_authenticate(authorization=authorization, meta=meta)
     decision = limits.request_throttle(principal)
     if not decision.allowed:

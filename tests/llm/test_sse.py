@@ -14,7 +14,7 @@ from django.db import connection
 from llm.api.sse import MethodNotAllowed, _open
 from llm.services import TaskNotFound
 from llm.streams import publish_delta
-from users.services import InvalidApiKey, RateLimited, bearer_authenticate
+from users.services import InvalidApiKey, RateLimited
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,19 +64,4 @@ def test_open_closes_its_connection_on_every_refusal_too(tenant, settings, failu
         "throttled": RateLimited,
     }[failure]
     assert isinstance(outcome["error"], expected)
-    assert outcome["connection_open"] is False
-
-
-@pytest.mark.parametrize("key", ["valid", "sy_00000000_not-a-key"])
-def test_stream_authentication_closes_its_connection(tenant, key: str) -> None:
-    """``stream_authenticate``'s thread (key lookup, throttle) lets go of its connection,
-    also when the key is refused."""
-    from users.services import _stream_authenticate
-
-    header = f"Bearer {tenant.issued.key if key == 'valid' else key}"
-    outcome = in_thread(_stream_authenticate, header, {"REMOTE_ADDR": "127.0.0.1"})
-    if key == "valid":
-        assert outcome["result"] == bearer_authenticate(authorization=header, meta={"REMOTE_ADDR": "127.0.0.1"})
-    else:
-        assert isinstance(outcome["error"], InvalidApiKey)
     assert outcome["connection_open"] is False

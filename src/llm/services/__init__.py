@@ -14,7 +14,6 @@ Results are ``contracts.llm`` types. The SSE transport is ``llm.streams``.
 """
 
 from contracts.llm import ExecutionOutcome, FillReport, QueueStats, SweepReport, WebhookOutcome
-from llm.limits import input_token_estimate
 from llm.providers.tokens import estimate_tokens
 from llm.services import dispatch
 from llm.services.callbacks import callback_url_problem
@@ -54,7 +53,6 @@ __all__ = [
     "dispatch",
     "dispatch_fill",
     "estimate_tokens",
-    "input_token_estimate",
     "queue_depths",
     "queue_gauges",
     "queue_stats",

@@ -2,7 +2,7 @@
 across every process (moving windows, ``users.limits``), 429 with ``Retry-After``.
 
 Invalid keys are refused by address before their lookup (``ApiKeyAuthentication``);
-the SSE view, which is not a DRF view, calls ``users.services.stream_authenticate``. A Redis outage lets
+the SSE view, which is not a DRF view, calls ``users.services.stream_authorize``. A Redis outage lets
 requests through (and logs): it must not take the API down with it.
 """
 
