@@ -290,8 +290,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Celery's task events (task-sent, -received, -started, -succeeded) feed Flower and nothing
+# else here. Each is one more publish to the broker per task and state (about a fifth of a
+# worker's CPU per task, and a second publish per submit in web: docs/decisions/submit-path.md),
+# so they are off unless asked for. Flower turns the workers' events on by itself while
+# it runs (its enable_events broadcast); CELERY_TASK_EVENTS=true sends them always.
+TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=False)
+CELERY_WORKER_SEND_TASK_EVENTS = TASK_EVENTS
+CELERY_TASK_SEND_SENT_EVENT = TASK_EVENTS
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default="/tmp/celerybeat-schedule")  # noqa: S108
 FLOWER_BASIC_AUTH = env.str("FLOWER_BASIC_AUTH", default="")
 

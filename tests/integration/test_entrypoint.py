@@ -172,7 +172,7 @@ def test_stream_runs_uvicorn_asgi_with_proxy_headers_and_graceful_shutdown() -> 
 def test_each_worker_consumes_only_its_own_queue_on_a_threads_pool(queue: str, variable: str, concurrency: int) -> None:
     assert printed(f"worker-{queue}") == (
         f"celery -A config worker -Q {queue} -n {queue}@%h -P threads --concurrency {concurrency} "
-        "-E --without-gossip --without-mingle --loglevel INFO"
+        "--without-gossip --without-mingle --loglevel INFO"
     )
     assert "--concurrency 7 " in printed(f"worker-{queue}", WORKER_CONCURRENCY="7")
     assert "--concurrency 9 " in printed(f"worker-{queue}", **{variable: "9", "WORKER_CONCURRENCY": "7"})
