@@ -58,20 +58,26 @@ def cancel_key(task_id: UUID | str) -> str:
     return f"sy:task-cancelled:{task_id}"
 
 
-def publish(task_id: UUID | str, event: str, data: Mapping[str, Any]) -> str | None:
-    """Append one event; returns its id, or None when Redis is unavailable (logged)."""
+def publish(task_id: UUID | str, event: str, data: Mapping[str, Any], *, refresh_ttl: bool = True) -> str | None:
+    """Append one event; returns its id, or None when Redis is unavailable (logged).
+
+    ``refresh_ttl=False`` appends with one XADD and leaves the stream's expiry as the event
+    before it set it: for the deltas after an attempt's first (an attempt ends within its
+    hard deadline, far inside SSE_STREAM_TTL_S, and its status events refresh the expiry).
+    A delta is most of what a worker publishes, and the pipeline of two commands cost it
+    twice the CPU of the XADD alone (docs/decisions/submit-path.md)."""
+    fields = {"event": event, "data": json.dumps(data, default=str)}
+    key = stream_key(task_id)
     try:
         with telemetry.stream_publish(task_id, event):
             client = get_redis_connection("default")
-            pipe = client.pipeline(transaction=False)
-            pipe.xadd(
-                stream_key(task_id),
-                {"event": event, "data": json.dumps(data, default=str)},
-                maxlen=MAX_EVENTS_PER_TASK,
-                approximate=True,
-            )
-            pipe.expire(stream_key(task_id), settings.SSE_STREAM_TTL_S)
-            event_id = pipe.execute()[0]
+            if refresh_ttl:
+                pipe = client.pipeline(transaction=False)
+                pipe.xadd(key, fields, maxlen=MAX_EVENTS_PER_TASK, approximate=True)
+                pipe.expire(key, settings.SSE_STREAM_TTL_S)
+                event_id = pipe.execute()[0]
+            else:
+                event_id = client.xadd(key, fields, maxlen=MAX_EVENTS_PER_TASK, approximate=True)
     except RedisError:
         log.warning("stream_publish_failed", task_id=str(task_id), event_type=event, exc_info=True)
         return None
@@ -102,12 +108,13 @@ def publish_attempt(task_id: UUID | str, attempt: int) -> str | None:
     return publish(task_id, "attempt", {"attempt": attempt})
 
 
-def publish_delta(task_id: UUID | str, text: str, attempt: int | None = None) -> str | None:
-    """Append one chunk of the answer, tagged with its attempt when given."""
+def publish_delta(task_id: UUID | str, text: str, attempt: int | None = None, *, first: bool = True) -> str | None:
+    """Append one chunk of the answer, tagged with its attempt when given; ``first=False``
+    for the chunks after an attempt's first (they leave the stream's expiry alone)."""
     data: dict[str, Any] = {"text": text}
     if attempt is not None:
         data["attempt"] = attempt
-    return publish(task_id, "delta", data)
+    return publish(task_id, "delta", data, refresh_ttl=first)
 
 
 def mark_cancelled(task_id: UUID | str) -> None:
