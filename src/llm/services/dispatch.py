@@ -122,14 +122,17 @@ def admit_at_submit(priority: str) -> bool:
     limit = window(QUEUE_FOR_PRIORITY[priority])
     if limit <= 0:
         return False
+    # Both answers read an index and stop early: whether one task is held (aitask_held),
+    # and the outstanding count up to the window (aitask_outstanding). Counting every open
+    # row instead cost a submit 3-4 ms once thousands were held (issue 9's profile).
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT count(*) FILTER (WHERE {_OUTSTANDING}), count(*) FILTER (WHERE {_HELD}) "  # noqa: S608
-            f"FROM {_TABLE} WHERE status IN ('pending', 'processing') AND priority = %s",
-            [priority],
+            f"SELECT EXISTS (SELECT 1 FROM {_TABLE} WHERE priority = %s AND {_HELD}), "  # noqa: S608
+            f"(SELECT count(*) FROM (SELECT 1 FROM {_TABLE} WHERE priority = %s AND {_OUTSTANDING} LIMIT %s) AS o)",
+            [priority, priority, limit],
         )
-        outstanding, held = cursor.fetchone()
-    return held == 0 and outstanding < limit
+        anyone_held, outstanding = cursor.fetchone()
+    return not anyone_held and outstanding < limit
 
 
 def dispatch_fill(queue: str) -> FillReport:
