@@ -304,3 +304,60 @@ class TestProviderLimits:
         second = [i for i, (kind, _) in enumerate(events) if kind == "attempt"][1]
         deltas = [(i, data) for i, (kind, data) in enumerate(events) if kind == "delta"]
         assert deltas and all(i > second and data["attempt"] == 2 for i, data in deltas)
+
+
+def test_the_claim_is_one_statement_that_records_the_first_model(tenant) -> None:
+    """Issue 9: the claim's UPDATE returns the row it took (no SELECT after it), and the
+    first attempt's model is written by it too (no UPDATE of its own). A second claim of
+    a task someone holds takes nothing."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from llm.services import execution
+
+    task_id = uuid.UUID(submit(tenant))
+    with CaptureQueriesContext(connection) as queries:
+        task = execution._claim(task_id)
+    assert len(queries.captured_queries) == 1, [q["sql"] for q in queries.captured_queries]
+    assert task is not None and task.status == "processing" and task.attempts == 1
+    assert task.served_model == task.model == "fake-small"
+    assert task.lease_token is not None and task.lease_expires_at is not None and task.started_at is not None
+    row = AITask.objects.get(id=task_id)
+    assert (row.status, row.lease_token, row.served_model) == ("processing", task.lease_token, "fake-small")
+    with CaptureQueriesContext(connection) as queries:
+        assert services.fallback.model_for_attempt(task) == "fake-small"
+    assert queries.captured_queries == []  # already recorded by the claim
+    assert execution._claim(task_id) is None  # held, lease not expired
+    AITask.objects.filter(id=task_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    again = execution._claim(task_id)
+    assert again is not None and again.attempts == 2 and again.lease_token != task.lease_token
+
+
+def test_a_finished_task_is_read_back_with_its_cost_in_the_same_statement(tenant, run) -> None:
+    """The done path stores the cost with UPDATE ... RETURNING: the event and the SSE status
+    carry the charged cost and the database's completed_at."""
+    task_id = submit(tenant, prompt="Tell me a story #fake:tokens=1000,2000")
+    assert run(task_id).kind == "done"
+    task = AITask.objects.get(id=task_id)
+    event = OutboxEvent.objects.get(event_type="llm.ai_task.finished")
+    assert Decimal(event.payload["cost_usd"]) == task.cost_usd == Decimal("0.0035")
+    assert event.payload["completed_at"].startswith(task.completed_at.isoformat()[:19])
+    final = stream_events(task_id)[-1]
+    assert final[1]["status"] == "done" and final[1]["cost_usd"] == format(task.cost_usd, "f")
+
+
+def test_only_an_attempts_first_delta_refreshes_the_streams_expiry(settings) -> None:
+    """A delta after the first appends with one XADD and leaves the expiry alone; the
+    first delta of an attempt (and every status) sets it."""
+    client = get_redis_connection("default")
+    task_id = uuid.uuid4()
+    key = streams.stream_key(task_id)
+    streams.publish_delta(task_id, "one", attempt=1)
+    assert settings.SSE_STREAM_TTL_S - 5 < client.ttl(key) <= settings.SSE_STREAM_TTL_S
+    client.expire(key, 100)
+    streams.publish_delta(task_id, " two", attempt=1, first=False)
+    assert 0 < client.ttl(key) <= 100
+    assert [fields[b"event"] for _, fields in client.xrange(key)] == [b"delta", b"delta"]
+    streams.publish(task_id, "status", {"status": "done"})
+    assert client.ttl(key) > 100
+    client.delete(key)

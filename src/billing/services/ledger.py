@@ -80,11 +80,13 @@ def reservation_settle(*, reservation_id: UUID, usage: TokenUsage, model: str | 
         )
         held = reservation.amount_usd if reservation.status == ReservationModel.Status.HELD else money.ZERO
         charged = cost if inserted else money.ZERO
-        unhold(reservation.org_budget_id, held=held, charged=charged)
-        unhold(reservation.key_budget_id, held=held, charged=charged)
         ReservationModel.objects.filter(pk=reservation.pk).update(
             status=ReservationModel.Status.SETTLED, closed_at=Now()
         )
+        # The budget rows last: their lock is held until the caller commits, and every
+        # submit of the organization waits on it (docs/decisions/submit-path.md).
+        unhold(reservation.org_budget_id, held=held, charged=charged)
+        unhold(reservation.key_budget_id, held=held, charged=charged)
     return to_entry(entry)
 
 

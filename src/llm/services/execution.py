@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 from uuid import UUID
 
 import structlog
@@ -25,7 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Now
 
 from billing import services as billing
 from contracts.billing import TokenUsage
@@ -56,27 +57,29 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return min(delay, settings.TASK_RETRY_BACKOFF_MAX_S)
 
 
-def _lease_until() -> Now:
-    return Now() + Value(timedelta(seconds=settings.TASK_LEASE_SECONDS))  # type: ignore[return-value]
+# One statement takes the task and returns the row: pending and due, or processing with
+# an expired lease. The first attempt also records its model (``served_model``, the head of
+# the fallback chain), which ``fallback.model_for_attempt`` would otherwise write in a
+# statement of its own. Issue 9's profile: the UPDATE, the SELECT that re-read the row and
+# that second UPDATE were three round trips per task.
+_CLAIM = f"""
+UPDATE {AITask._meta.db_table} SET
+    status = 'processing', lease_token = %s,
+    lease_expires_at = STATEMENT_TIMESTAMP() + make_interval(secs => %s),
+    attempts = attempts + 1, started_at = COALESCE(started_at, STATEMENT_TIMESTAMP()), available_at = NULL,
+    served_model = CASE WHEN served_model = '' THEN model ELSE served_model END
+WHERE id = %s AND (
+    (status = 'pending' AND (available_at IS NULL OR available_at <= STATEMENT_TIMESTAMP()))
+    OR (status = 'processing' AND lease_expires_at < STATEMENT_TIMESTAMP())
+)
+RETURNING *"""  # noqa: S608
 
 
 def _claim(task_id: UUID) -> AITask | None:
-    """Take the task with one conditional UPDATE: pending and due, or processing with an
-    expired lease. A duplicate delivery matches nothing and gets None."""
-    token = uuid.uuid4()
-    claimable = Q(status=AITask.Status.PENDING) & (Q(available_at__isnull=True) | Q(available_at__lte=Now()))
-    claimable |= Q(status=AITask.Status.PROCESSING, lease_expires_at__lt=Now())
-    claimed = AITask.objects.filter(claimable, id=task_id).update(
-        status=AITask.Status.PROCESSING,
-        lease_token=token,
-        lease_expires_at=_lease_until(),
-        attempts=F("attempts") + 1,
-        started_at=Coalesce(F("started_at"), Now()),
-        available_at=None,
-    )
-    if not claimed:
-        return None
-    return AITask.objects.get(id=task_id)
+    """Take the task with one conditional UPDATE; a duplicate delivery matches nothing and
+    gets None."""
+    claimed = list(AITask.objects.raw(_CLAIM, [uuid.uuid4(), settings.TASK_LEASE_SECONDS, task_id]))
+    return claimed[0] if claimed else None
 
 
 def task_execute(*, task_id: UUID) -> ExecutionOutcome:
@@ -192,11 +195,12 @@ def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[
     try:
         for event in events:
             if isinstance(event, TextDelta):
-                if not produced:
+                first = not produced
+                if first:
                     ttft = metrics.PROVIDER_TTFT.labels(provider=settings.LLM_PROVIDER, model=task.model)
                     ttft.observe(time.perf_counter() - started)
                 produced.append(event.text)
-                streams.publish_delta(task.id, event.text, attempt=task.attempts)
+                streams.publish_delta(task.id, event.text, attempt=task.attempts, first=first)
             elif isinstance(event, Completion):
                 completion = event
         if completion is None:
@@ -232,12 +236,9 @@ def _complete(task: AITask, completion: Completion) -> ExecutionOutcome:
             entry = billing.reservation_settle(
                 reservation_id=task.reservation_id, usage=usage, model=fallback.answered_by(task)
             )
-            AITask.objects.filter(id=task.id).update(
-                cost_usd=entry.cost_usd,
-                input_usd_per_mtok=entry.input_usd_per_mtok,
-                output_usd_per_mtok=entry.output_usd_per_mtok,
-            )
-        task.refresh_from_db()
+            _store_cost(task, entry.cost_usd, entry.input_usd_per_mtok, entry.output_usd_per_mtok)
+        else:
+            task.refresh_from_db()
         announce_terminal(task)
         _correct_tokens(task, actual=completion.input_tokens + completion.output_tokens)
         if task.use_cache:
@@ -251,6 +252,19 @@ def _complete(task: AITask, completion: Completion) -> ExecutionOutcome:
             answer = response_cache.CachedAnswer(completion.text, completion.input_tokens, completion.output_tokens)
             transaction.on_commit(lambda: response_cache.put(key, answer))
     return ExecutionOutcome(kind="done")
+
+
+_STORE_COST = f"""
+UPDATE {AITask._meta.db_table} SET cost_usd = %s, input_usd_per_mtok = %s, output_usd_per_mtok = %s
+WHERE id = %s RETURNING *"""  # noqa: S608
+
+
+def _store_cost(task: AITask, cost: Decimal, input_usd_per_mtok: Decimal, output_usd_per_mtok: Decimal) -> None:
+    """Record what the task was charged and refresh ``task`` from the row the same
+    statement returns (``completed_at`` is the database's), as ``refresh_from_db`` would."""
+    fresh = next(iter(AITask.objects.raw(_STORE_COST, [cost, input_usd_per_mtok, output_usd_per_mtok, task.id])))
+    for field in AITask._meta.concrete_fields:
+        setattr(task, field.attname, getattr(fresh, field.attname))
 
 
 def _charge_cancelled(task: AITask, usage: TokenUsage) -> ExecutionOutcome:
