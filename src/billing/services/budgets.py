@@ -6,6 +6,7 @@ never passes the limit however many submits race (docs/decisions/billing.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from uuid import UUID
@@ -90,12 +91,19 @@ def unhold(budget_id: int | None, *, held: Decimal, charged: Decimal) -> None:
         )
 
 
-def budget_reserve(request: ReservationRequest) -> Reservation:
+def budget_reserve(
+    request: ReservationRequest, *, before_hold: Callable[[Reservation], None] | None = None
+) -> Reservation:
     """Hold the estimated cost of a task against the organization's (and the key's own)
     budget for this month, snapshotting the unit prices of ``model``; the amount held is
     the estimate at the dearest of ``model`` and its fallbacks. Raises ``UnknownModel`` or
     ``BudgetExceeded`` (402). Reserving again for a task that already holds one returns
-    the existing reservation."""
+    the existing reservation.
+
+    ``before_hold`` runs with the new reservation after its row is inserted and before the
+    budget rows are held, inside the same savepoint: the caller writes its own row there
+    (the task), so after the hold locks the budget rows only COMMIT remains, and a refused
+    hold undoes the caller's row with the reservation."""
     if request.estimated_input_tokens < 0 or request.max_output_tokens < 0:
         raise InvalidBillingRequest("Token counts must not be negative.")
     price = price_row(request.model)
@@ -110,19 +118,25 @@ def budget_reserve(request: ReservationRequest) -> Reservation:
     )
     # BEGIN when called alone; nothing when the caller's transaction is open already.
     with transaction.atomic(savepoint=False):
-        outcome = _reserve(request, price, amount)
+        outcome = _reserve(request, price, amount, before_hold)
     if isinstance(outcome, BudgetExceeded):
         raise outcome
     return to_reservation(outcome)
 
 
-def _reserve(request: ReservationRequest, price: PriceModel, amount: Decimal) -> ReservationModel | BudgetExceeded:
-    """Insert the reservation, then hold: the holds' UPDATEs lock the budget rows until
-    the caller's transaction commits and every submit of the organization queues on that
-    lock, so they come last and the caller runs as little as it can after them (issue 9:
-    the profile showed submits waiting on this row). The savepoint is taken before and
-    left open on success (COMMIT releases it), so no RELEASE runs under the lock; a refusal
-    rolls back to it and leaves the caller's transaction usable, as a duplicate does."""
+def _reserve(
+    request: ReservationRequest,
+    price: PriceModel,
+    amount: Decimal,
+    before_hold: Callable[[Reservation], None] | None,
+) -> ReservationModel | BudgetExceeded:
+    """Insert the reservation, let the caller insert its row (``before_hold``), then hold:
+    the holds' UPDATEs lock the budget rows until the caller's transaction commits and
+    every submit of the organization queues on that lock, so they come last and nothing
+    but COMMIT runs after them (issue 9: the profile showed submits waiting on this row).
+    The savepoint is taken before and left open on success (COMMIT releases it), so no
+    RELEASE runs under the lock; a refusal rolls back to it (the caller's row too) and
+    leaves the caller's transaction usable, as a duplicate does."""
     org, key = _budgets_for(
         organization_id=request.organization_id, api_key_id=request.api_key_id, period=money.current_period()
     )
@@ -147,6 +161,8 @@ def _reserve(request: ReservationRequest, price: PriceModel, amount: Decimal) ->
             raise
         return existing
     try:
+        if before_hold is not None:
+            before_hold(to_reservation(row))
         # Always organization first, then key: every writer locks budget rows in the
         # same order, so concurrent reservations and settlements cannot deadlock.
         _hold(org, amount)

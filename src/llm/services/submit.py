@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import services as billing
-from contracts.billing import ReservationRequest, TokenUsage
+from contracts.billing import Reservation, ReservationRequest, TokenUsage
 from contracts.llm import AITask as AITaskContract
 from contracts.llm import TaskSubmission
 from kernel.flags import Switch
@@ -60,10 +60,27 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
     # otherwise the task waits there (dispatched_at NULL) for its fair turn. Asked before
     # the transaction: its count and Redis read must not run under the budget row lock.
     admitted = gate.admit_at_submit(submission.priority)
+    created: list[AITask] = []
+
+    def insert_task(reservation: Reservation) -> None:
+        created.append(
+            AITask.objects.create(
+                id=task_id,
+                reservation_id=reservation.id,
+                input_usd_per_mtok=reservation.input_usd_per_mtok,
+                output_usd_per_mtok=reservation.output_usd_per_mtok,
+                dispatched_at=timezone.now() if admitted else None,
+                dispatch_count=1 if admitted else 0,
+                **_fields(submission),
+            )
+        )
+        telemetry.task_accepted(task_id)  # a later send (held, retried) continues this trace
+
     with transaction.atomic():
         # The budget hold locks the organization's budget row until COMMIT (every submit
-        # of the organization waits on it), so only the task's INSERT runs after it.
-        reservation = billing.budget_reserve(
+        # of the organization waits on it), so the task's INSERT runs before it, in the
+        # reservation's savepoint (a refused hold undoes both): after the hold, only COMMIT.
+        billing.budget_reserve(
             ReservationRequest(
                 organization_id=submission.organization_id,
                 api_key_id=submission.api_key_id,
@@ -72,18 +89,10 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
                 estimated_input_tokens=input_token_estimate(prompt=submission.prompt, messages=submission.messages),
                 max_output_tokens=submission.max_tokens,
                 fallback_models=list(submission.fallback_models),
-            )
+            ),
+            before_hold=insert_task,
         )
-        task = AITask.objects.create(
-            id=task_id,
-            reservation_id=reservation.id,
-            input_usd_per_mtok=reservation.input_usd_per_mtok,
-            output_usd_per_mtok=reservation.output_usd_per_mtok,
-            dispatched_at=timezone.now() if admitted else None,
-            dispatch_count=1 if admitted else 0,
-            **_fields(submission),
-        )
-        telemetry.task_accepted(task.id)  # a later send (held, retried) continues this trace
+        (task,) = created  # a fresh task id never meets an existing reservation
         if admitted:
             transaction.on_commit(lambda: send(task.id, task.priority))
     return to_task(task)
