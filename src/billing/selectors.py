@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from django.db.models import Count, DateField, F, Q, Sum
+from django.db.models import Count, DateField, F, Sum
 from django.db.models.functions import TruncDay
 
 from billing.models import Budget, Price, Reservation, UsageEntry
@@ -26,9 +26,22 @@ def _utc_range(start: date, end: date) -> tuple[datetime, datetime]:
 # -- prices -----------------------------------------------------------------------------
 
 
+# The submit path's reads are written out in SQL: building and compiling the same
+# querysets cost a submit more CPU than PostgreSQL took to answer them (issue 9's
+# profile, docs/decisions/submit-path.md). ``raw`` still returns model instances.
+_PRICE_IN_FORCE = (
+    f"SELECT * FROM {Price._meta.db_table} WHERE model = %s AND valid_from <= %s "  # noqa: S608
+    "ORDER BY valid_from DESC LIMIT 1"
+)
+_BUDGETS_LATEST = (
+    f"SELECT DISTINCT ON (api_key_id) * FROM {Budget._meta.db_table} "  # noqa: S608
+    "WHERE organization_id = %s AND (api_key_id IS NULL OR api_key_id = %s) ORDER BY api_key_id, period DESC"
+)
+
+
 def price_find(*, model: str, on: date) -> Price | None:
     """The row in force for ``model`` on ``on`` (the newest with ``valid_from <= on``)."""
-    return Price.objects.filter(model=model, valid_from__lte=on).order_by("-valid_from").first()
+    return next(iter(Price.objects.raw(_PRICE_IN_FORCE, [model, on])), None)
 
 
 def prices_in_force(*, on: date) -> list[Price]:
@@ -42,14 +55,7 @@ def prices_in_force(*, on: date) -> list[Price]:
 def budgets_latest(*, organization_id: UUID, api_key_id: UUID | None) -> dict[UUID | None, Budget]:
     """The newest budget row of the organization (key ``None``) and, when given, of the
     API key, in one query. A key without a budget of its own is simply absent."""
-    scope = Q(api_key_id__isnull=True)
-    if api_key_id is not None:
-        scope |= Q(api_key_id=api_key_id)
-    rows = (
-        Budget.objects.filter(scope, organization_id=organization_id)
-        .order_by("api_key_id", "-period")
-        .distinct("api_key_id")
-    )
+    rows = Budget.objects.raw(_BUDGETS_LATEST, [organization_id, api_key_id])
     return {row.api_key_id: row for row in rows}
 
 

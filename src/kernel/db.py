@@ -22,6 +22,8 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
+from django.db import connections, router
+from django.db.models import Model
 
 _replica_ok: ContextVar[bool] = ContextVar("switchyard_replica_ok", default=False)
 _pinned: ContextVar[bool] = ContextVar("switchyard_primary_pinned", default=False)
@@ -96,3 +98,32 @@ def release_connection(alias: str = "default") -> None:
     if conn.in_atomic_block or not pooled:
         return
     conn.close()
+
+
+_INSERTS: dict[type[Model], str] = {}
+
+
+def insert_row(instance: Model) -> None:
+    """INSERT ``instance`` (every concrete field, defaults and ``auto_now_add`` applied as
+    ``save()`` would) with a statement built once per model.
+
+    For the hottest write paths only (the submit's task row): ``Model.objects.create``
+    compiles the same INSERT on every call, which cost a submit more CPU than PostgreSQL
+    took to run it (issue 9's profile, docs/decisions/submit-path.md). No signals are
+    sent and nothing is read back, so the model must not rely on either (a primary key
+    set in Python, no database-generated values)."""
+    model = type(instance)
+    meta = model._meta
+    fields = [field for field in meta.concrete_fields if not field.generated]
+    sql = _INSERTS.get(model)
+    if sql is None:
+        columns = ", ".join(f'"{field.column}"' for field in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        sql = _INSERTS[model] = f'INSERT INTO "{meta.db_table}" ({columns}) VALUES ({placeholders})'  # noqa: S608
+    alias = router.db_for_write(model, instance=instance) or "default"
+    connection = connections[alias]
+    params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    instance._state.adding = False
+    instance._state.db = alias

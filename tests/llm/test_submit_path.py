@@ -37,14 +37,14 @@ def test_nothing_but_commit_runs_after_the_budget_hold(tenant) -> None:
     finally:
         gate.pool_unregister(queue="default", node="test-submit-path")
     statements = [q["sql"] for q in queries.captured_queries]
-    holds = [i for i, sql in enumerate(statements) if sql.startswith('UPDATE "billing_budget"')]
+    holds = [i for i, sql in enumerate(statements) if sql.startswith("UPDATE billing_budget SET reserved_usd")]
     assert len(holds) == 1, statements
     after = statements[holds[0] + 1 :]
     # The test runs in a transaction of its own, so the submit's COMMIT shows here as the
     # release of its savepoint: the one statement allowed after the hold.
     assert after == [] or (len(after) == 1 and after[0].startswith("RELEASE SAVEPOINT")), after
     before = statements[: holds[0]]
-    assert any('INSERT INTO "billing_reservation"' in sql for sql in before)
+    assert any("INSERT INTO billing_reservation" in sql for sql in before)
     assert any('INSERT INTO "llm_aitask"' in sql for sql in before)
     assert any("EXISTS (SELECT 1 FROM llm_aitask" in sql for sql in before)  # the dispatch gate
 
