@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 def fields(**extra: object) -> dict[str, object]:
     return {
-        "organization_id": OrganizationFactory().id,
+        "organization_id": OrganizationFactory.create().id,
         "api_key_id": uuid.uuid4(),
         "prompt": "Explain the outbox pattern, NUL-free: ünïcode ✓",
         "model": "fake-small",
