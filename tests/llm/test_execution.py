@@ -341,6 +341,7 @@ def test_a_finished_task_is_read_back_with_its_cost_in_the_same_statement(tenant
     task = AITask.objects.get(id=task_id)
     event = OutboxEvent.objects.get(event_type="llm.ai_task.finished")
     assert Decimal(event.payload["cost_usd"]) == task.cost_usd == Decimal("0.0035")
+    assert task.completed_at is not None
     assert event.payload["completed_at"].startswith(task.completed_at.isoformat()[:19])
     final = stream_events(task_id)[-1]
     assert final[1]["status"] == "done" and final[1]["cost_usd"] == format(task.cost_usd, "f")
