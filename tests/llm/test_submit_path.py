@@ -24,11 +24,7 @@ def submit(tenant):
     return tenant.client.post("/api/v1/ai-tasks/", {"prompt": PROMPT, "cache": False}, format="json")
 
 
-@pytest.mark.django_db
-def test_nothing_but_commit_runs_after_the_budget_hold(tenant) -> None:
-    """Every submit of an organization waits on its budget row from the hold's UPDATE to
-    COMMIT; the profile showed that wait dominating, so nothing else may run in it (the
-    gate's query, the reservation and task INSERTs, a savepoint release all come before)."""
+def submit_statements(tenant) -> list[str]:
     submit(tenant)  # the month's budget rows exist from here on, as in steady state
     gate.pool_register(queue="default", node="test-submit-path", slots=4, ttl_s=60)  # so the gate counts
     try:
@@ -36,17 +32,38 @@ def test_nothing_but_commit_runs_after_the_budget_hold(tenant) -> None:
             assert submit(tenant).status_code == 202
     finally:
         gate.pool_unregister(queue="default", node="test-submit-path")
-    statements = [q["sql"] for q in queries.captured_queries]
-    holds = [i for i, sql in enumerate(statements) if sql.startswith("UPDATE billing_budget SET reserved_usd")]
+    return [q["sql"] for q in queries.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_budget_hold_travels_with_the_commit(tenant) -> None:
+    """Every submit of an organization waits on its budget row from the hold to COMMIT;
+    issue 9's bench found that wait dominating while the holder's thread had not sent
+    COMMIT yet. So the hold is the submit's last statement and goes to PostgreSQL in one
+    query string with the COMMIT: the row is never locked across a round trip."""
+    statements = submit_statements(tenant)
+    holds = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
     assert len(holds) == 1, statements
-    after = statements[holds[0] + 1 :]
-    # The test runs in a transaction of its own, so the submit's COMMIT shows here as the
-    # release of its savepoint: the one statement allowed after the hold.
-    assert after == [] or (len(after) == 1 and after[0].startswith("RELEASE SAVEPOINT")), after
+    assert statements[holds[0]].endswith("; COMMIT"), statements[holds[0]]
+    # Django logs its own commit() as "COMMIT"; psycopg sends nothing for it (the server
+    # reported the transaction closed), which tests/billing/test_budget_rows.py checks.
+    assert statements[holds[0] + 1 :] in ([], ["COMMIT"]), statements
     before = statements[: holds[0]]
     assert any("INSERT INTO billing_reservation" in sql for sql in before)
     assert any('INSERT INTO "llm_aitask"' in sql for sql in before)
     assert any("EXISTS (SELECT 1 FROM llm_aitask" in sql for sql in before)  # the dispatch gate
+
+
+@pytest.mark.django_db
+def test_inside_an_outer_transaction_the_hold_still_runs_last_without_committing(tenant) -> None:
+    """A submit nested in a transaction (a chat turn's; here the test's own) cannot commit:
+    the hold is still its last statement, and the outer transaction commits it."""
+    statements = submit_statements(tenant)
+    holds = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
+    assert len(holds) == 1, statements
+    assert "COMMIT" not in statements[holds[0]]
+    after = statements[holds[0] + 1 :]
+    assert after == [] or (len(after) == 1 and after[0].startswith("RELEASE SAVEPOINT")), after
 
 
 @pytest.mark.django_db

@@ -7,7 +7,7 @@ contexts import this package, never its modules' internals or ``billing.models``
 """
 
 from billing.services._common import BudgetExceeded, InvalidBillingRequest, ReservationNotFound, UnknownModel
-from billing.services.budgets import budget_reserve, budget_set, budget_status
+from billing.services.budgets import budget_reserve, budget_set, budget_status, budget_transaction
 from billing.services.ledger import (
     reservation_release,
     reservation_settle,
@@ -26,6 +26,7 @@ __all__ = [
     "budget_reserve",
     "budget_set",
     "budget_status",
+    "budget_transaction",
     "cost_report",
     "estimate_cost",
     "price_catalog_seed",

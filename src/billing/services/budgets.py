@@ -7,7 +7,8 @@ never passes the limit however many submits race (docs/decisions/billing.md).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from uuid import UUID
@@ -22,6 +23,7 @@ from billing import money, selectors
 from billing.models import Budget
 from billing.models import Price as PriceModel
 from billing.models import Reservation as ReservationModel
+from billing.services import budget_rows
 from billing.services._common import BudgetExceeded, InvalidBillingRequest, price_row, to_reservation, to_status
 from contracts.billing import BudgetStatus, Reservation, ReservationRequest
 from kernel import metrics
@@ -77,22 +79,42 @@ _RESERVATION_INSERT = (
 )
 
 
+@contextmanager
+def budget_transaction() -> Iterator[None]:
+    """A transaction (``transaction.atomic``) whose budget holds and settlements run last,
+    sent with its COMMIT when it is the outermost, so the organization's budget row is
+    locked for no client round trip (``billing.services.budget_rows``). A hold without
+    room rolls the whole block back and raises ``BudgetExceeded``."""
+    try:
+        with budget_rows.budget_transaction():
+            yield
+    except budget_rows.HoldRefused as refused:
+        raise _refusal(refused.budget_id, refused.amount) from None
+
+
 def _hold(budget: Budget, amount: Decimal) -> None:
     """Add ``amount`` to the row's reservations in one conditional UPDATE, or raise.
 
     PostgreSQL re-checks the WHERE clause on the newest row version after waiting for a
     concurrent writer's lock, so racing holds are serialised by the row lock and the sum
-    can never pass the limit.
+    can never pass the limit. Inside ``budget_transaction`` the hold is deferred to the
+    block's end (``billing_budget_hold``: the same conditional UPDATE, raising on refusal).
     """
+    if budget_rows.defer(budget_rows.HOLD, [budget.pk, amount]):
+        return
     with connection.cursor() as cursor:
         cursor.execute(_HOLD, [amount, budget.pk, amount])
         if cursor.rowcount:
             return
-    row = Budget.objects.get(pk=budget.pk)
+    raise _refusal(budget.pk, amount)
+
+
+def _refusal(budget_id: int, amount: Decimal) -> BudgetExceeded:
+    row = Budget.objects.get(pk=budget_id)
     remaining = max(row.limit_usd - row.spent_usd - row.reserved_usd, money.ZERO)
     scope = "this API key's" if row.api_key_id else "the organization's"
     metrics.BUDGET_REJECTIONS.labels(reason="api_key" if row.api_key_id else "organization").inc()
-    raise BudgetExceeded(
+    return BudgetExceeded(
         f"This request needs up to {money.as_string(amount)} USD; {scope} monthly budget has "
         f"{money.as_string(remaining)} USD left.",
         remaining_usd=money.as_string(remaining),
@@ -101,11 +123,13 @@ def _hold(budget: Budget, amount: Decimal) -> None:
 
 
 def unhold(budget_id: int | None, *, held: Decimal, charged: Decimal) -> None:
-    """Move a reservation out of ``reserved_usd`` and its real cost into ``spent_usd``."""
-    if budget_id is not None:
-        Budget.objects.filter(pk=budget_id).update(
-            reserved_usd=F("reserved_usd") - held, spent_usd=F("spent_usd") + charged, updated_at=Now()
-        )
+    """Move a reservation out of ``reserved_usd`` and its real cost into ``spent_usd``
+    (at the end of the block inside ``budget_transaction``)."""
+    if budget_id is None or budget_rows.defer(budget_rows.UNHOLD, [held, charged, budget_id]):
+        return
+    Budget.objects.filter(pk=budget_id).update(
+        reserved_usd=F("reserved_usd") - held, spent_usd=F("spent_usd") + charged, updated_at=Now()
+    )
 
 
 def budget_reserve(

@@ -218,7 +218,7 @@ def _held(task: AITask) -> Q:
 
 def _complete(task: AITask, completion: Completion) -> ExecutionOutcome:
     usage = TokenUsage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens)
-    with transaction.atomic():
+    with billing.budget_transaction():  # the budget rows last, with the COMMIT
         updated = AITask.objects.filter(_held(task)).update(
             status=AITask.Status.DONE,
             result=completion.text,
@@ -271,7 +271,7 @@ def _charge_cancelled(task: AITask, usage: TokenUsage) -> ExecutionOutcome:
     """The task was cancelled while this attempt ran: the provider did the work up to the
     cancel, so charge what it produced (the client may have read it over SSE). Only the
     holder of the lease charges, once: cancel keeps the lease token for this purpose."""
-    with transaction.atomic():
+    with billing.budget_transaction():  # the budget rows last, with the COMMIT
         charged = AITask.objects.filter(
             id=task.id, status=AITask.Status.CANCELLED, lease_token=task.lease_token
         ).update(
@@ -292,7 +292,7 @@ def _charge_cancelled(task: AITask, usage: TokenUsage) -> ExecutionOutcome:
 
 
 def _fail(task: AITask, *, code: str, error: str, dead_letter: bool = False) -> ExecutionOutcome:
-    with transaction.atomic():
+    with billing.budget_transaction():  # the budget rows last, with the COMMIT
         updated = AITask.objects.filter(_held(task)).update(
             status=AITask.Status.FAILED,
             error=error,

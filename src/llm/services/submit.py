@@ -77,10 +77,10 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
         created.append(task)
         telemetry.task_accepted(task_id)  # a later send (held, retried) continues this trace
 
-    with transaction.atomic():
+    with billing.budget_transaction():
         # The budget hold locks the organization's budget row until COMMIT (every submit
-        # of the organization waits on it), so the task's INSERT runs before it, in the
-        # reservation's savepoint (a refused hold undoes both): after the hold, only COMMIT.
+        # of the organization waits on it): it runs last, sent with the COMMIT in one round
+        # trip (billing.budget_transaction); a refused hold rolls the task back with it.
         billing.budget_reserve(
             ReservationRequest(
                 organization_id=submission.organization_id,
