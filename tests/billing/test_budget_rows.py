@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from billing import money
 from billing import services as billing
@@ -147,3 +148,19 @@ def test_another_database_error_is_not_a_refusal() -> None:
     assert not isinstance(failed.value, billing.BudgetExceeded)
     assert billing.budget_status(organization_id=org_id).reserved_usd == 0  # rolled back
     assert reserve_in_transaction(org_id).status == "held"  # and the connection is usable
+
+
+def test_with_server_side_binding_the_statements_run_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment with OPTIONS["server_side_binding"] cannot send several statements in
+    one query: the holds run one by one and Django's COMMIT follows."""
+    org_id = org_with_limit(ESTIMATE * 2)
+    monkeypatch.setitem(connection.settings_dict["OPTIONS"], "server_side_binding", True)
+    with CaptureQueriesContext(connection) as queries:
+        reserve_in_transaction(org_id)
+    holds = [q["sql"] for q in queries.captured_queries if "billing_budget_hold" in q["sql"]]
+    assert len(holds) == 1 and "COMMIT" not in holds[0]
+    assert billing.budget_status(organization_id=org_id).reserved_usd == ESTIMATE
+    reserve_in_transaction(org_id)
+    with pytest.raises(billing.BudgetExceeded):
+        reserve_in_transaction(org_id)
+    assert billing.budget_status(organization_id=org_id).reserved_usd == ESTIMATE * 2

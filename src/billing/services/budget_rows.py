@@ -87,9 +87,15 @@ def budget_transaction() -> Iterator[None]:
 def _flush(statements: list[_Statement], *, commit: bool) -> None:
     if not statements:
         return
-    sql = "; ".join(statement for statement, _ in statements)
-    params = [param for _, values in statements for param in values]
     with connection.cursor() as cursor:
+        if connection.settings_dict["OPTIONS"].get("server_side_binding"):
+            # Server-side binding takes one statement per query: no COMMIT rides along, and
+            # the rows stay locked until Django's COMMIT, one round trip later.
+            for statement, values in statements:
+                cursor.execute(statement, values)
+            return
+        sql = "; ".join(statement for statement, _ in statements)
+        params = [param for _, values in statements for param in values]
         # One simple-protocol query (the client-side binding cursor Django uses with
         # psycopg): PostgreSQL runs the statements and the COMMIT back to back. Django's own
         # COMMIT when the atomic block ends finds the transaction closed and sends nothing.
