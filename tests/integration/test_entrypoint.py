@@ -171,13 +171,17 @@ def test_stream_runs_uvicorn_asgi_with_proxy_headers_and_graceful_shutdown() -> 
 )
 def test_each_worker_consumes_only_its_own_queue_on_a_threads_pool(queue: str, variable: str, concurrency: int) -> None:
     assert printed(f"worker-{queue}") == (
-        f"celery -A config worker -Q {queue} -n {queue}@%h -P threads --concurrency {concurrency} "
+        f"nice -n 10 celery -A config worker -Q {queue} -n {queue}@%h -P threads --concurrency {concurrency} "
         "--without-gossip --without-mingle --loglevel INFO"
     )
     assert "--concurrency 7 " in printed(f"worker-{queue}", WORKER_CONCURRENCY="7")
     assert "--concurrency 9 " in printed(f"worker-{queue}", **{variable: "9", "WORKER_CONCURRENCY": "7"})
     assert " -P prefork " in printed(f"worker-{queue}", WORKER_POOL="prefork")
     assert entrypoint(f"worker-{queue}", WORKER_POOL="gevent").returncode == 2
+    assert printed(f"worker-{queue}", WORKER_NICE="0").startswith("celery -A config worker ")
+    assert printed(f"worker-{queue}", WORKER_NICE="19").startswith("nice -n 19 celery ")
+    for bad in ("-5", "20", "high"):
+        assert entrypoint(f"worker-{queue}", WORKER_NICE=bad).returncode == 2
 
 
 def test_beat_keeps_its_schedule_at_a_writable_path() -> None:
