@@ -40,6 +40,8 @@ def _fresh_handlers() -> Iterator[None]:
     handlers.broken["now"] = True
     yield
     handlers.broken["now"] = True
+    handlers.received.clear()  # test_outbox reads the list from empty too
+    handlers.failures.clear()
 
 
 @pytest.fixture
