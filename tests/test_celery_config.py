@@ -111,6 +111,7 @@ def test_publishing_fails_fast_during_a_broker_outage() -> None:
         ("llm.deliver_webhook", "priority"),
         ("kernel.relay_outbox", "priority"),
         ("kernel.handle_event", "low"),
+        ("kernel.handle_events", "low"),
         ("kernel.cleanup_outbox", "low"),
         ("kernel.cleanup_idempotency_keys", "low"),
         ("analytics.export_csv", "low"),

@@ -29,6 +29,7 @@ app.conf.task_routes = {
     "llm.deliver_webhook": {"queue": "priority"},
     "kernel.relay_outbox": {"queue": "priority"},
     "kernel.handle_event": {"queue": "low"},
+    "kernel.handle_events": {"queue": "low"},
     "analytics.*": {"queue": "low"},
     "billing.*": {"queue": "low"},
     "kernel.cleanup_*": {"queue": "low"},

@@ -1,14 +1,18 @@
 """Kernel services: the transactional outbox, its dead letters and idempotent request
 execution.
 
-The outbox: ``event_publish`` must run inside the caller's transaction; the relay
-publishes committed events to Celery, one ``kernel.handle_event`` message per
-subscriber, and marks them published only after the broker accepted them. An event a
-subscriber cannot handle after its last attempt becomes an ``EventDeadLetter``.
+The outbox: ``event_publish`` must run inside the caller's transaction and kicks the
+relay after commit (debounced through Redis). The relay records one ``EventDelivery``
+per event and subscriber and marks the events published in one transaction, then sends
+one ``kernel.handle_events`` message per subscriber and event type for the batch; the
+handler's task confirms the deliveries it is done with, and the relay sends again the
+ones nobody confirmed in time. An event a subscriber cannot handle after its last
+attempt becomes an ``EventDeadLetter``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -21,11 +25,13 @@ import structlog
 from celery import Celery, current_app
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import BooleanField, F
+from django.db.models import BooleanField, F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from django_redis import get_redis_connection
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from contracts.events import EVENT_TYPES, DomainEvent
 from kernel.errors import ConflictError, DomainError, NotFoundError
@@ -35,7 +41,15 @@ log = structlog.get_logger(__name__)
 
 # -- outbox -----------------------------------------------------------------------------
 
-HANDLE_EVENT = "kernel.handle_event"
+HANDLE_EVENT = "kernel.handle_event"  # one subscriber, one event: retries and replays
+HANDLE_EVENTS = "kernel.handle_events"  # one subscriber, a relay batch of events
+RELAY_OUTBOX = "kernel.relay_outbox"
+# "A relay message is on its way": kicks after commit send one only when they set it.
+RELAY_SCHEDULED_KEY = "sy:outbox:relay-scheduled"
+RELAY_SCHEDULED_TTL_S = 10  # a lost relay message blocks kicks this long (beat relays every 5 s)
+# ``_redeliver_unconfirmed`` waits at most an hour between two sends: a delivery whose
+# ``sent_at`` is this old is due at the next relay, whatever its ``sends``.
+_DUE_NOW = timedelta(hours=1)
 _subscribers: dict[str, list[str]] = {}
 
 
@@ -63,62 +77,90 @@ def event_publish(event: DomainEvent) -> None:
 
 
 def _kick_relay() -> None:
+    """Ask for a relay, unless one is already on its way (debounced through Redis).
+
+    No wake-up is lost: ``outbox_relay_drain`` deletes the key *before* it selects. A
+    kick that finds the key set ran before that delete, so its event (committed before
+    the kick) is visible to the select that follows; a kick after the delete sets the key
+    and sends a relay of its own. A relay message the broker lost holds the key for
+    ``RELAY_SCHEDULED_TTL_S`` at most, and beat relays every 5 s regardless.
+    """
     try:
-        current_app.send_task("kernel.relay_outbox")
+        scheduled = bool(get_redis_connection("default").set(RELAY_SCHEDULED_KEY, 1, nx=True, ex=RELAY_SCHEDULED_TTL_S))
+    except RedisError:  # cannot tell: send one per commit, as without the debounce
+        scheduled = True
+    if not scheduled:
+        return
+    try:
+        current_app.send_task(RELAY_OUTBOX)
     except Exception:  # the beat schedule relays what this misses
         log.warning("outbox_kick_failed", exc_info=True)
+        with contextlib.suppress(RedisError):  # let the next commit try again
+            get_redis_connection("default").delete(RELAY_SCHEDULED_KEY)
+
+
+def outbox_relay_drain() -> int:
+    """The relay task: relay batches until none is left (or the broker refuses); return
+    how many events were published."""
+    with contextlib.suppress(RedisError):  # before the select: see ``_kick_relay``
+        get_redis_connection("default").delete(RELAY_SCHEDULED_KEY)
+    total = 0
+    while (published := outbox_relay()) > 0:
+        total += published
+    return total
 
 
 def outbox_relay(*, batch_size: int = 100, app: Celery | None = None) -> int:
-    """Publish up to ``batch_size`` unpublished events, one message per subscriber, and
-    send again the deliveries nobody confirmed in time (a broker that lost them); return
-    how many events were published.
+    """Publish up to ``batch_size`` unpublished events, one message per subscriber and
+    event type for the whole batch, and send again the deliveries nobody confirmed in
+    time; return how many events were published (0 when the broker refused: the caller
+    stops, and the next relay sends what is due).
 
-    Rows are locked with SKIP LOCKED, so overlapping relays never publish one event twice
-    from the same batch; a crash between publish and commit may republish (at least once:
-    handlers are idempotent by event id).
+    The deliveries are recorded and the events marked published in one transaction, and
+    the messages go out only after its commit, so a handler's confirm always finds its
+    delivery. Rows are locked with SKIP LOCKED: overlapping relays never take the same
+    event. A broker that refuses a message leaves its deliveries due for
+    ``_redeliver_unconfirmed`` at the next relay; a crash between the commit and the sends
+    leaves them unconfirmed, sent again after ``OUTBOX_REDELIVER_AFTER_S`` like a message
+    the broker lost (at least once: handlers are idempotent by event id).
     """
     app = app or current_app
-    published = 0
     with transaction.atomic():
         events = list(
             OutboxEvent.objects.select_for_update(skip_locked=True)
             .filter(published_at__isnull=True)
             .order_by("created_at")[:batch_size]
         )
-        for event in events:
-            handlers = event_subscribers(event.event_type)
-            try:
-                for handler in handlers:
-                    app.send_task(HANDLE_EVENT, args=[handler, event.event_type, event.payload])
-            except Exception as exc:  # broker down: keep it for the next relay
-                OutboxEvent.objects.filter(pk=event.pk).update(
-                    attempts=event.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:500]
-                )
-                log.warning("outbox_publish_failed", event_id=str(event.event_id), error=type(exc).__name__)
-                break
+        if not events:
+            deliveries: list[EventDelivery] = []
+        else:
             now = timezone.now()
-            OutboxEvent.objects.filter(pk=event.pk).update(published_at=now, attempts=event.attempts + 1)
-            EventDelivery.objects.bulk_create(
-                [EventDelivery(event=event, handler=handler, sent_at=now) for handler in handlers],
-                ignore_conflicts=True,
+            deliveries = [
+                EventDelivery(event=event, handler=handler, sent_at=now)
+                for event in events
+                for handler in event_subscribers(event.event_type)
+            ]
+            EventDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+            OutboxEvent.objects.filter(pk__in=[event.pk for event in events]).update(
+                published_at=now, attempts=F("attempts") + 1
             )
-            published += 1
+    if not _deliveries_send(app, deliveries):
+        return 0
     _redeliver_unconfirmed(app, batch_size=batch_size)
-    return published
+    return len(events)
 
 
 def _redeliver_unconfirmed(app: Celery, *, batch_size: int) -> int:
     """Deliveries sent ``OUTBOX_REDELIVER_AFTER_S`` x 2^(sends - 1) ago (at most an hour
     between two sends) and still unconfirmed: the broker lost them, or their handler is
-    still retrying (a copy is harmless then: handlers are idempotent)."""
+    still retrying (a copy is harmless then: handlers are idempotent). Claimed (sent_at,
+    sends) and committed first, then sent, like new deliveries."""
     base = settings.OUTBOX_REDELIVER_AFTER_S
     due = RawSQL(
         "sent_at + make_interval(secs => least(%s * power(2, least(sends - 1, 12)), 3600)) <= now()",
         (base,),
         output_field=BooleanField(),
     )
-    resent = 0
     with transaction.atomic():
         deliveries = list(
             EventDelivery.objects.select_for_update(skip_locked=True, of=("self",))
@@ -127,26 +169,60 @@ def _redeliver_unconfirmed(app: Celery, *, batch_size: int) -> int:
             .filter(due)
             .order_by("sent_at")[:batch_size]
         )
-        for delivery in deliveries:
-            try:
-                app.send_task(HANDLE_EVENT, args=[delivery.handler, delivery.event.event_type, delivery.event.payload])
-            except Exception as exc:
-                log.warning("outbox_redeliver_failed", event_id=str(delivery.event.event_id), error=type(exc).__name__)
-                break
-            EventDelivery.objects.filter(pk=delivery.pk).update(sent_at=timezone.now(), sends=F("sends") + 1)
-            resent += 1
-    if resent:
-        log.info("outbox_redelivered", deliveries=resent)
-    return resent
+        if deliveries:
+            EventDelivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
+                sent_at=timezone.now(), sends=F("sends") + 1
+            )
+    if deliveries and _deliveries_send(app, deliveries):
+        log.info("outbox_redelivered", deliveries=len(deliveries))
+        return len(deliveries)
+    return 0
+
+
+def _deliveries_send(app: Celery, deliveries: list[EventDelivery]) -> bool:
+    """Send committed deliveries, one ``kernel.handle_events`` message per (handler,
+    event type); False when the broker refused one. What was not sent is made due for
+    the next relay, with its ``sends`` taken back (it counts messages the broker took)."""
+    groups: dict[tuple[str, str], list[EventDelivery]] = {}
+    for delivery in deliveries:
+        groups.setdefault((delivery.handler, delivery.event.event_type), []).append(delivery)
+    batches = list(groups.items())
+    for sent, ((handler, event_type), group) in enumerate(batches):
+        try:
+            app.send_task(HANDLE_EVENTS, args=[handler, event_type, [d.event.payload for d in group]])
+        except Exception as exc:  # kombu raises a variety of connection errors
+            _deliveries_make_due(batches[sent:], error=f"{type(exc).__name__}: {exc}")
+            return False
+    return True
+
+
+def _deliveries_make_due(batches: list[tuple[tuple[str, str], list[EventDelivery]]], *, error: str) -> None:
+    unsent = Q()
+    for (handler, _), group in batches:
+        unsent |= Q(handler=handler, event_id__in=[d.event_id for d in group])
+    EventDelivery.objects.filter(unsent).update(sent_at=timezone.now() - _DUE_NOW, sends=F("sends") - 1)
+    event_ids = {d.event_id for _, group in batches for d in group}
+    OutboxEvent.objects.filter(pk__in=event_ids).update(last_error=error[:500])
+    log.warning("outbox_publish_failed", deliveries=sum(len(g) for _, g in batches), error=error[:200])
 
 
 def event_delivery_confirm(*, handler: str, payload: dict[str, Any]) -> None:
     """The handler's task is done with this event (handled, or dead-lettered)."""
-    event_id = _event_id(payload)
-    if event_id is not None:
-        EventDelivery.objects.filter(event__event_id=event_id, handler=handler, confirmed_at__isnull=True).update(
-            confirmed_at=timezone.now()
-        )
+    event_deliveries_confirm(handler=handler, payloads=[payload])
+
+
+def event_deliveries_confirm(*, handler: str, payloads: list[dict[str, Any]]) -> int:
+    """The handler's task is done with these events: one UPDATE, through the unique
+    indexes on ``OutboxEvent.event_id`` and (event, handler). Return how many rows it
+    confirmed (a copy handled twice confirms nothing the second time)."""
+    event_ids = [event_id for payload in payloads if (event_id := _event_id(payload)) is not None]
+    if not event_ids:
+        return 0
+    return EventDelivery.objects.filter(
+        event__in=OutboxEvent.objects.filter(event_id__in=event_ids).values("pk"),
+        handler=handler,
+        confirmed_at__isnull=True,
+    ).update(confirmed_at=timezone.now())
 
 
 class EventNotHandleable(Exception):

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task, shared_task
+import structlog
+from celery import Task, current_app, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from kernel import services, tasks_backend
 
+log = structlog.get_logger(__name__)
 
-@shared_task(name="kernel.relay_outbox", ignore_result=True)
+
+@shared_task(name=services.RELAY_OUTBOX, ignore_result=True)
 def relay_outbox_task() -> int:
-    total = 0
-    while (published := services.outbox_relay()) > 0:
-        total += published
-    return total
+    return services.outbox_relay_drain()
 
 
 # Retries of one subscriber for one event, then a dead letter. Always explicit:
@@ -42,6 +43,48 @@ def handle_event_task(self: Task, handler: str, event_type: str, payload: dict[s
         )
         raise self.retry(exc=exc, countdown=countdown, max_retries=EVENT_HANDLER_MAX_RETRIES) from exc
     services.event_delivery_confirm(handler=handler, payload=payload)
+
+
+@shared_task(name=services.HANDLE_EVENTS, ignore_result=True)
+def handle_events_task(handler: str, event_type: str, payloads: list[dict[str, Any]]) -> None:
+    """One subscriber for a relay batch of events: each event is handled on its own, and
+    this is its first attempt. The events handled (or dead-lettered) are confirmed in one
+    UPDATE; one that raised goes on alone as ``kernel.handle_event`` with its first retry's
+    backoff, so its retries and dead letter are those of the single-event task."""
+    done: list[dict[str, Any]] = []
+    try:
+        for payload in payloads:
+            try:
+                services.event_handle(handler=handler, event_type=event_type, payload=payload)
+            except SoftTimeLimitExceeded:
+                raise  # what is left stays unconfirmed: the relay sends it again
+            except Exception as exc:
+                if not _first_attempt_failed(handler, event_type, payload, exc):
+                    continue
+            done.append(payload)
+    finally:
+        services.event_deliveries_confirm(handler=handler, payloads=done)
+
+
+def _first_attempt_failed(handler: str, event_type: str, payload: dict[str, Any], exc: Exception) -> bool:
+    """Dead-letter the event or send its retry, as ``handle_event_task`` does after its
+    first attempt; True when the task is done with it (dead-lettered)."""
+    if isinstance(exc, services.EventNotHandleable) or EVENT_HANDLER_MAX_RETRIES == 0:
+        services.event_dead_letter(
+            handler=handler, event_type=event_type, payload=payload, attempts=1, error=_describe(exc)
+        )
+        return True
+    countdown = get_exponential_backoff_interval(EVENT_RETRY_BACKOFF_S, 0, EVENT_RETRY_BACKOFF_MAX_S, full_jitter=True)
+    log.warning(
+        "event_handler_failed", handler=handler, event_type=event_type, error=_describe(exc), retry_in=countdown
+    )
+    try:
+        current_app.send_task(
+            services.HANDLE_EVENT, args=[handler, event_type, payload], countdown=countdown, retries=1
+        )
+    except Exception:  # broker down: the delivery stays unconfirmed and the relay sends it again
+        log.warning("event_retry_send_failed", handler=handler, event_type=event_type, exc_info=True)
+    return False
 
 
 def _describe(exc: BaseException) -> str:

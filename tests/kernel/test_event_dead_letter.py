@@ -9,6 +9,7 @@ count, without waiting out the production backoff.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -20,8 +21,8 @@ from kombu import Connection
 
 from contracts.llm import TaskSubmission
 from kernel import services
-from kernel.models import EventDeadLetter
-from kernel.tasks import EVENT_HANDLER_MAX_RETRIES, handle_event_task
+from kernel.models import EventDeadLetter, EventDelivery
+from kernel.tasks import EVENT_HANDLER_MAX_RETRIES, handle_event_task, handle_events_task
 from tests.kernel import handlers
 from tests.kernel.test_outbox import HANDLER, make_event
 from users.models import User
@@ -29,6 +30,7 @@ from users.models import User
 pytestmark = pytest.mark.django_db
 ALWAYS_FAILS = "tests.kernel.handlers.always_fails"
 FAILS_WHILE_BROKEN = "tests.kernel.handlers.fails_while_broken"
+FAILS_WHEN_MARKED = "tests.kernel.handlers.fails_when_marked"
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +40,8 @@ def _fresh_handlers() -> Iterator[None]:
     handlers.broken["now"] = True
     yield
     handlers.broken["now"] = True
+    handlers.received.clear()  # test_outbox reads the list from empty too
+    handlers.failures.clear()
 
 
 @pytest.fixture
@@ -47,8 +51,11 @@ def admin_client() -> Client:
     return client
 
 
-def queued_handle_event() -> list[list[Any]]:
-    """Take the ``kernel.handle_event`` messages off the ``low`` queue."""
+def queued_handle_event(
+    task: str = services.HANDLE_EVENT, *, headers: list[dict[str, Any]] | None = None
+) -> list[list[Any]]:
+    """Take the ``task`` (``kernel.handle_event``) messages off the ``low`` queue; their
+    headers go to ``headers`` when given."""
     found = []
     with Connection(settings.CELERY_BROKER_URL) as conn:
         queue = conn.SimpleQueue("low")
@@ -58,8 +65,10 @@ def queued_handle_event() -> list[list[Any]]:
             except queue.Empty:
                 break
             message.ack()
-            if message.headers["task"] == "kernel.handle_event":
+            if message.headers["task"] == task:
                 found.append(message.decode()[0])
+                if headers is not None:
+                    headers.append(message.headers)
     return found
 
 
@@ -153,3 +162,43 @@ def test_a_replay_during_a_broker_outage_keeps_the_letter(monkeypatch: pytest.Mo
     assert letter.replayed_at is None
     with pytest.raises(services.EventDeadLetterNotFound):
         services.event_dead_letter_replay(dead_letter_id=letter.pk + 1)
+
+
+def test_a_batch_confirms_what_it_handled_and_retries_the_failing_event_alone_to_its_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kernel.handle_events`` is each event's first attempt: the events handled are
+    confirmed at once; the one that raised goes on as ``kernel.handle_event`` with one
+    attempt spent, so it has the same retries (and dead letter) as before batching."""
+    monkeypatch.setitem(services._subscribers, make_event().event_type, [FAILS_WHEN_MARKED])
+    good = [make_event() for _ in range(3)]
+    bad = make_event().model_copy(update={"error_code": handlers.MARK})
+    for event in [good[0], bad, *good[1:]]:
+        services.event_publish(event)
+    services.outbox_relay()
+    [batch] = queued_handle_event(services.HANDLE_EVENTS)
+    assert handle_events_task.apply(args=tuple(batch)).successful()
+    assert handlers.received == good and handlers.failures == [bad]
+    confirmed = dict(EventDelivery.objects.values_list("event__event_id", "confirmed_at"))
+    assert all(confirmed[event.event_id] is not None for event in good) and confirmed[bad.event_id] is None
+    headers: list[dict[str, Any]] = []
+    [retry] = queued_handle_event(headers=headers)
+    assert retry == [FAILS_WHEN_MARKED, bad.event_type, bad.model_dump(mode="json")]
+    assert headers[0]["retries"] == 1  # its first retry, one attempt spent
+    eta = headers[0]["eta"]  # the first retry's backoff: 0 or 1 s (full jitter)
+    assert eta is None or datetime.fromisoformat(eta) <= datetime.now(UTC) + timedelta(seconds=1.5)
+    assert handle_event_task.apply(args=tuple(retry), retries=1).successful()
+    assert handlers.failures == [bad] * (EVENT_HANDLER_MAX_RETRIES + 1)  # as many attempts as one task makes
+    letter = EventDeadLetter.objects.get()
+    assert (letter.event_id, letter.attempts) == (bad.event_id, EVENT_HANDLER_MAX_RETRIES + 1)
+    assert EventDelivery.objects.get(event__event_id=bad.event_id).confirmed_at is not None
+
+
+def test_a_batch_dead_letters_an_event_no_retry_can_help_at_once() -> None:
+    event, poison = make_event(), make_event()
+    payloads = [event.model_dump(mode="json"), {**poison.model_dump(mode="json"), "task_id": "not-a-uuid"}]
+    assert handle_events_task.apply(args=(HANDLER, event.event_type, payloads)).successful()
+    assert handlers.received == [event]
+    letter = EventDeadLetter.objects.get()
+    assert (letter.event_id, letter.attempts) == (poison.event_id, 1)
+    assert queued_handle_event() == []  # no retry

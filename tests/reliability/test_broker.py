@@ -78,9 +78,9 @@ def test_submits_while_redis_is_down_are_accepted_and_run_once_it_is_back(
 
 
 def test_events_waiting_for_their_consumers_survive_a_redis_restart(servers: Servers, api_key: str) -> None:
-    """The relay sends one message per subscriber and records the delivery; a delivery its
-    handler never confirmed (the broker lost it) is sent again (OUTBOX_REDELIVER_AFTER_S,
-    shortened here from 300 s)."""
+    """The relay records one delivery per event and subscriber, then sends one message per
+    subscriber and batch; a delivery its handler never confirmed (the broker lost it) is
+    sent again (OUTBOX_REDELIVER_AFTER_S, shortened here from 300 s)."""
     with running(servers, **FAST_SWEEPER, OUTBOX_REDELIVER_AFTER_S="3") as (stack, db):
         # The consumers lag (worker-low stops reading): the finished events wait in the broker.
         stack.signal("worker-low", signal.SIGSTOP)
