@@ -25,6 +25,8 @@ from django.conf import settings
 from django.db import connections, router
 from django.db.models import Model
 
+from kernel import writes
+
 _replica_ok: ContextVar[bool] = ContextVar("switchyard_replica_ok", default=False)
 _pinned: ContextVar[bool] = ContextVar("switchyard_primary_pinned", default=False)
 
@@ -111,7 +113,8 @@ def insert_row(instance: Model) -> None:
     compiles the same INSERT on every call, which cost a submit more CPU than PostgreSQL
     took to run it (issue 9's profile, docs/decisions/submit-path.md). No signals are
     sent and nothing is read back, so the model must not rely on either (a primary key
-    set in Python, no database-generated values)."""
+    set in Python, no database-generated values). Inside ``kernel.writes.writes_last``
+    the INSERT is deferred to the block's end."""
     model = type(instance)
     meta = model._meta
     fields = [field for field in meta.concrete_fields if not field.generated]
@@ -123,7 +126,9 @@ def insert_row(instance: Model) -> None:
     alias = router.db_for_write(model, instance=instance) or "default"
     connection = connections[alias]
     params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
     instance._state.adding = False
     instance._state.db = alias
+    if alias == "default" and writes.defer(sql, params):  # inside writes_last: at the block's end
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)

@@ -18,6 +18,7 @@ from billing import money
 from billing import services as billing
 from billing.models import Budget, Reservation
 from billing.services import budget_rows
+from kernel import writes
 from tests.billing.helpers import ESTIMATE, reserve, settle
 from tests.billing.test_budgets import _race
 from users import services as users
@@ -73,7 +74,7 @@ def test_the_flush_commits_in_the_same_query_string() -> None:
     statuses = []
     with transaction.atomic():
         reserve(org_id)  # outside budget_transaction: held at once, in this transaction
-        budget_rows._flush([(budget_rows.HOLD, [budget_row(org_id), ESTIMATE])], commit=True)
+        writes._run([(budget_rows.HOLD, [budget_row(org_id), ESTIMATE])], begin=False, commit=True)
         statuses.append(connection.connection.info.transaction_status)
     assert statuses == [psycopg.pq.TransactionStatus.IDLE]
     assert billing.budget_status(organization_id=org_id).reserved_usd == ESTIMATE * 2
@@ -141,7 +142,7 @@ def test_another_database_error_is_not_a_refusal() -> None:
     def failing_block() -> None:
         with billing.budget_transaction():
             reserve(org_id)
-            budget_rows.defer("SELECT 1 / 0", [])
+            writes.defer("SELECT 1 / 0", [])
 
     with pytest.raises(DatabaseError) as failed:
         failing_block()

@@ -36,33 +36,37 @@ def submit_statements(tenant) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_budget_hold_travels_with_the_commit(tenant) -> None:
+def test_the_submits_writes_are_one_transaction_in_one_round_trip(tenant) -> None:
     """Every submit of an organization waits on its budget row from the hold to COMMIT;
     issue 9's bench found that wait dominating while the holder's thread had not sent
-    COMMIT yet. So the hold is the submit's last statement and goes to PostgreSQL in one
-    query string with the COMMIT: the row is never locked across a round trip."""
+    COMMIT yet. So the reservation, the task and the hold go to PostgreSQL as one query
+    string, BEGIN to COMMIT, the hold last: the row is never locked across a round trip."""
     statements = submit_statements(tenant)
-    holds = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
-    assert len(holds) == 1, statements
-    assert statements[holds[0]].endswith("; COMMIT"), statements[holds[0]]
-    # Django logs its own commit() as "COMMIT"; psycopg sends nothing for it (the server
-    # reported the transaction closed), which tests/billing/test_budget_rows.py checks.
-    assert statements[holds[0] + 1 :] in ([], ["COMMIT"]), statements
-    before = statements[: holds[0]]
-    assert any("INSERT INTO billing_reservation" in sql for sql in before)
-    assert any('INSERT INTO "llm_aitask"' in sql for sql in before)
+    writes = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
+    assert len(writes) == 1, statements
+    sql = statements[writes[0]]
+    assert sql.startswith("BEGIN; INSERT INTO billing_reservation"), sql
+    assert 'INSERT INTO "llm_aitask"' in sql
+    assert sql.index('INSERT INTO "llm_aitask"') < sql.index("billing_budget_hold") < sql.index("; COMMIT")
+    assert sql.endswith("; COMMIT"), sql
+    assert statements[writes[0] + 1 :] == [], statements
+    before = statements[: writes[0]]
+    assert not any(sql.startswith(("INSERT", "UPDATE", "SAVEPOINT", "BEGIN")) for sql in before), [
+        s[:40] for s in before
+    ]
     assert any("EXISTS (SELECT 1 FROM llm_aitask" in sql for sql in before)  # the dispatch gate
 
 
 @pytest.mark.django_db
-def test_inside_an_outer_transaction_the_hold_still_runs_last_without_committing(tenant) -> None:
+def test_inside_an_outer_transaction_the_writes_still_go_together_without_committing(tenant) -> None:
     """A submit nested in a transaction (a chat turn's; here the test's own) cannot commit:
-    the hold is still its last statement, and the outer transaction commits it."""
+    its writes still go together, the hold last, and the outer transaction commits them."""
     statements = submit_statements(tenant)
-    holds = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
-    assert len(holds) == 1, statements
-    assert "COMMIT" not in statements[holds[0]]
-    after = statements[holds[0] + 1 :]
+    writes = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
+    assert len(writes) == 1, statements
+    sql = statements[writes[0]]
+    assert sql.startswith("INSERT INTO billing_reservation") and "COMMIT" not in sql and "BEGIN" not in sql
+    after = statements[writes[0] + 1 :]
     assert after == [] or (len(after) == 1 and after[0].startswith("RELEASE SAVEPOINT")), after
 
 

@@ -1,8 +1,8 @@
 """``billing_budget_hold(budget, amount)``: the budget hold as one statement that raises
-(SQLSTATE SYB01) when the row has no room, so a hold can travel with the COMMIT in one
-round trip and a refusal aborts the transaction (billing.services.budgets,
-``budget_transaction``; docs/decisions/submit-path.md). Adding a function is safe while
-the previous release runs (it does not call it)."""
+(SQLSTATE SYB01, DETAIL '<budget id>:<amount>') when the row has no room, so a hold can
+travel with the COMMIT in one round trip and a refusal aborts the transaction
+(kernel.writes, billing.services.budget_transaction; docs/decisions/submit-path.md).
+Adding a function is safe while the previous release runs (it does not call it)."""
 
 from django.db import migrations
 
@@ -14,7 +14,7 @@ BEGIN
      WHERE id = budget AND limit_usd >= spent_usd + reserved_usd + amount;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'budget % has no room for % USD', budget, amount
-            USING ERRCODE = 'SYB01', DETAIL = budget::text;
+            USING ERRCODE = 'SYB01', DETAIL = budget::text || ':' || amount::text;
     END IF;
 END;
 $$ LANGUAGE plpgsql;

@@ -6,6 +6,7 @@ never passes the limit however many submits race (docs/decisions/billing.md).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from billing.models import Reservation as ReservationModel
 from billing.services import budget_rows
 from billing.services._common import BudgetExceeded, InvalidBillingRequest, price_row, to_reservation, to_status
 from contracts.billing import BudgetStatus, Reservation, ReservationRequest
-from kernel import metrics
+from kernel import metrics, writes
 
 MAX_LIMIT_USD = Decimal("1e10")  # DecimalField(20, 10) holds ten integer digits
 
@@ -73,20 +74,24 @@ _RESERVATION_COLUMNS = (
     "id, organization_id, api_key_id, task_id, model, amount_usd, input_usd_per_mtok, output_usd_per_mtok, "
     "org_budget_id, key_budget_id, status, created_at"
 )
-_RESERVATION_INSERT = (
+_RESERVATION_INSERT_DEFERRED = (
     f"INSERT INTO {ReservationModel._meta.db_table} ({_RESERVATION_COLUMNS}) "  # noqa: S608
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'held', %s) RETURNING *"
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'held', %s)"
 )
+_RESERVATION_INSERT = f"{_RESERVATION_INSERT_DEFERRED} RETURNING *"
 
 
 @contextmanager
-def budget_transaction() -> Iterator[None]:
-    """A transaction (``transaction.atomic``) whose budget holds and settlements run last,
-    sent with its COMMIT when it is the outermost, so the organization's budget row is
-    locked for no client round trip (``billing.services.budget_rows``). A hold without
-    room rolls the whole block back and raises ``BudgetExceeded``."""
+def budget_transaction(*, atomic: bool = True) -> Iterator[None]:
+    """A block whose budget holds and settlements run last, sent with its COMMIT when it
+    is the outermost transaction, so the organization's budget row is locked for no client
+    round trip (``billing.services.budget_rows``, ``kernel.writes``). ``atomic=False``: the
+    block opens no transaction and every write in it is deferred (``budget_reserve``'s
+    reservation too; the caller's rows through ``kernel.writes``), so it all goes in one
+    ``BEGIN; ...; COMMIT``. A hold without room rolls the whole block back and raises
+    ``BudgetExceeded``."""
     try:
-        with budget_rows.budget_transaction():
+        with budget_rows.budget_transaction(atomic=atomic):
             yield
     except budget_rows.HoldRefused as refused:
         raise _refusal(refused.budget_id, refused.amount) from None
@@ -100,7 +105,7 @@ def _hold(budget: Budget, amount: Decimal) -> None:
     can never pass the limit. Inside ``budget_transaction`` the hold is deferred to the
     block's end (``billing_budget_hold``: the same conditional UPDATE, raising on refusal).
     """
-    if budget_rows.defer(budget_rows.HOLD, [budget.pk, amount]):
+    if writes.defer(budget_rows.HOLD, [budget.pk, amount]):
         return
     with connection.cursor() as cursor:
         cursor.execute(_HOLD, [amount, budget.pk, amount])
@@ -125,7 +130,7 @@ def _refusal(budget_id: int, amount: Decimal) -> BudgetExceeded:
 def unhold(budget_id: int | None, *, held: Decimal, charged: Decimal) -> None:
     """Move a reservation out of ``reserved_usd`` and its real cost into ``spent_usd``
     (at the end of the block inside ``budget_transaction``)."""
-    if budget_id is None or budget_rows.defer(budget_rows.UNHOLD, [held, charged, budget_id]):
+    if budget_id is None or writes.defer(budget_rows.UNHOLD, [held, charged, budget_id]):
         return
     Budget.objects.filter(pk=budget_id).update(
         reserved_usd=F("reserved_usd") - held, spent_usd=F("spent_usd") + charged, updated_at=Now()
@@ -157,8 +162,9 @@ def budget_reserve(
         )
         for row in [price, *(price_row(model) for model in request.fallback_models if model != request.model)]
     )
-    # BEGIN when called alone; nothing when the caller's transaction is open already.
-    with transaction.atomic(savepoint=False):
+    # BEGIN when called alone; nothing when the caller's transaction is open already, or
+    # inside budget_transaction, whose end writes everything in one transaction.
+    with contextlib.nullcontext() if writes.deferring() else transaction.atomic(savepoint=False):
         outcome = _reserve(request, price, amount, before_hold)
     if isinstance(outcome, BudgetExceeded):
         raise outcome
@@ -181,6 +187,8 @@ def _reserve(
     org, key = _budgets_for(
         organization_id=request.organization_id, api_key_id=request.api_key_id, period=money.current_period()
     )
+    if writes.deferring():
+        return _reserve_deferred(request, price, amount, before_hold, org, key)
     savepoint = transaction.savepoint_create()
     try:
         values: list[object] = [uuid.uuid4(), request.organization_id, request.api_key_id, request.task_id]
@@ -205,6 +213,42 @@ def _reserve(
     except BudgetExceeded as refused:
         _back_to(savepoint)
         return refused
+    return row
+
+
+def _reserve_deferred(
+    request: ReservationRequest,
+    price: PriceModel,
+    amount: Decimal,
+    before_hold: Callable[[Reservation], None] | None,
+    org: Budget,
+    key: Budget | None,
+) -> ReservationModel:
+    """Inside ``budget_transaction``: the reservation's INSERT and the holds are recorded
+    for the block's end (after the caller's own rows), so nothing here waits on the
+    database. A duplicate reservation of the task fails the block (IntegrityError)."""
+    row = ReservationModel(
+        id=uuid.uuid4(),
+        organization_id=request.organization_id,
+        api_key_id=request.api_key_id,
+        task_id=request.task_id,
+        model=request.model,
+        amount_usd=amount,
+        input_usd_per_mtok=price.input_usd_per_mtok,
+        output_usd_per_mtok=price.output_usd_per_mtok,
+        org_budget_id=org.pk,
+        key_budget_id=key.pk if key else None,
+        status=ReservationModel.Status.HELD,
+        created_at=timezone.now(),
+    )
+    values: list[object] = [row.id, row.organization_id, row.api_key_id, row.task_id, row.model, amount]
+    values += [row.input_usd_per_mtok, row.output_usd_per_mtok, row.org_budget_id, row.key_budget_id, row.created_at]
+    writes.defer(_RESERVATION_INSERT_DEFERRED, values)
+    if before_hold is not None:
+        before_hold(to_reservation(row))
+    _hold(org, amount)
+    if key is not None:
+        _hold(key, amount)
     return row
 
 

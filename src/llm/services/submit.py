@@ -77,10 +77,14 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
         created.append(task)
         telemetry.task_accepted(task_id)  # a later send (held, retried) continues this trace
 
-    with billing.budget_transaction():
-        # The budget hold locks the organization's budget row until COMMIT (every submit
-        # of the organization waits on it): it runs last, sent with the COMMIT in one round
-        # trip (billing.budget_transaction); a refused hold rolls the task back with it.
+    # Every write of the submit (the reservation, the task, the budget hold) is deferred
+    # to the end of the block and goes to PostgreSQL as one BEGIN; ...; COMMIT: the hold
+    # locks the organization's budget row, which every submit of the organization waits
+    # on, for the server's execution of those statements only, and the request makes one
+    # round trip for all of them (billing.budget_transaction, kernel.writes). A refused
+    # hold rolls the task back with it. Nested in a caller's transaction (a chat turn),
+    # the writes run at the block's end and commit with the caller.
+    with billing.budget_transaction(atomic=False):
         billing.budget_reserve(
             ReservationRequest(
                 organization_id=submission.organization_id,
@@ -93,9 +97,9 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
             ),
             before_hold=insert_task,
         )
-        (task,) = created  # a fresh task id never meets an existing reservation
-        if admitted:
-            transaction.on_commit(lambda: send(task.id, task.priority))
+    (task,) = created  # a fresh task id never meets an existing reservation
+    if admitted:  # after the block: on_commit inside it would run before the COMMIT
+        transaction.on_commit(lambda: send(task.id, task.priority))
     return to_task(task)
 
 
