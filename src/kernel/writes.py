@@ -7,7 +7,8 @@ of the GIL, had not sent the next statement yet, and every other writer of the r
 And each round trip of a request thread gives the GIL back and waits to take it again.
 
 Inside ``writes_last`` a write passed to ``defer`` is recorded, not run. At the end of the
-block the recorded writes run in order, in one query string, with the COMMIT when the
+block the recorded writes run in order (those deferred with ``last=True`` after all the
+others: the writes that lock a hot row), in one query string, with the COMMIT when the
 block is the outermost transaction: the rows they lock stay locked for the server's
 execution of those statements only, and the request makes one round trip for all of them.
 
@@ -20,7 +21,10 @@ execution of those statements only, and the request makes one round trip for all
   after it.
 
 Nested in a transaction of the caller (a chat turn submits inside its own), the writes run
-at the end of the block without COMMIT and stay locked until the outer COMMIT. A failing
+at the end of the block without COMMIT and stay locked until the outer COMMIT; nested in
+another ``writes_last`` block, they join its writes. A deferred write is not undone by
+rolling back to a savepoint taken inside the block: code that catches a failure inside
+the block must not have deferred writes that depend on what failed. A failing
 deferred write fails the whole block: it is rolled back and the error raised, the
 statements' own DatabaseError (a caller can turn a SQLSTATE of its own into its error).
 
@@ -30,24 +34,37 @@ statements in one query; with ``server_side_binding`` they run one by one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 Statement = tuple[str, list[Any]]
-_pending: ContextVar[list[Statement] | None] = ContextVar("kernel_writes_last", default=None)
 
 
-def defer(sql: str, params: list[Any]) -> bool:
+class _Pending:
+    def __init__(self) -> None:
+        self.writes: list[Statement] = []
+        self.last: list[Statement] = []  # the hot rows' writes, after every other
+
+    def statements(self) -> list[Statement]:
+        return self.writes + self.last
+
+
+_pending: ContextVar[_Pending | None] = ContextVar("kernel_writes_last", default=None)
+
+
+def defer(sql: str, params: list[Any], *, last: bool = False) -> bool:
     """Record a write for the end of the current ``writes_last`` block; False (nothing
-    recorded: run it yourself) outside one."""
+    recorded: run it yourself) outside one. ``last``: after every write recorded without
+    it, whatever the order of the calls (the writes that lock a hot row)."""
     pending = _pending.get()
     if pending is None:
         return False
-    pending.append((sql, list(params)))
+    (pending.last if last else pending.writes).append((sql, list(params)))
     return True
 
 
@@ -58,8 +75,14 @@ def deferring() -> bool:
 
 @contextmanager
 def writes_last(*, atomic: bool) -> Iterator[None]:
+    if _pending.get() is not None:
+        # Inside another block (a worker's finish path charging a task cancelled meanwhile):
+        # its writes join the outer block's, which sends them all with its COMMIT.
+        with transaction.atomic():
+            yield
+        return
     outermost = not connection.in_atomic_block
-    pending: list[Statement] = []
+    pending = _Pending()
     token = _pending.set(pending)
     if atomic or not outermost:
         # A transaction of its own (or a savepoint in the caller's, so a failure leaves
@@ -69,18 +92,18 @@ def writes_last(*, atomic: bool) -> Iterator[None]:
                 yield
             finally:
                 _pending.reset(token)
-            _run(pending, begin=False, commit=outermost)
+            _run(pending.statements(), begin=False, commit=outermost)
         return
     try:
         yield
     finally:
         _pending.reset(token)
     try:
-        _run(pending, begin=True, commit=True)
+        _run(pending.statements(), begin=True, commit=True)
     except Exception:
         # The failed statement skipped the rest of the query, COMMIT included: the
         # session is inside an aborted transaction until it is rolled back.
-        with connection.cursor() as cursor:
+        with contextlib.suppress(DatabaseError), connection.cursor() as cursor:  # keep the first error
             cursor.execute("ROLLBACK")
         raise
 

@@ -165,3 +165,15 @@ def test_with_server_side_binding_the_statements_run_one_by_one(monkeypatch: pyt
     with pytest.raises(billing.BudgetExceeded):
         reserve_in_transaction(org_id)
     assert billing.budget_status(organization_id=org_id).reserved_usd == ESTIMATE * 2
+
+
+def test_releases_run_last_too() -> None:
+    org_id = org_with_limit(ESTIMATE * 10)
+    reservation = reserve_in_transaction(org_id)
+    seen: dict[str, object] = {}
+    with billing.budget_transaction():
+        assert billing.reservation_release(reservation_id=reservation.id) is True
+        seen["during"] = update_from_elsewhere(budget_row(org_id))
+    assert seen["during"] == "free"
+    assert billing.budget_status(organization_id=org_id).reserved_usd == 0
+    assert Reservation.objects.get(id=reservation.id).status == "released"

@@ -96,3 +96,18 @@ def test_an_exception_in_the_block_runs_no_deferred_write() -> None:
     assert stored(event) == 0
     assert not writes.deferring()
     assert not writes.defer(INSERT, [event])  # outside a block: nothing recorded
+
+
+def test_a_block_inside_another_joins_its_writes() -> None:
+    """A worker's finish path charging a task cancelled meanwhile opens a block inside its
+    own: the inner block's writes wait for the outer block's end, and its COMMIT."""
+    outer, inner = uuid.uuid4(), uuid.uuid4()
+    with CaptureQueriesContext(connection) as queries, writes.writes_last(atomic=True):
+        writes.defer(INSERT, [outer])
+        with writes.writes_last(atomic=True):
+            writes.defer(INSERT, [inner])
+        assert stored(outer, inner) == 0
+    assert stored(outer, inner) == 2
+    deferred = [q["sql"] for q in queries.captured_queries if "INSERT INTO kernel_outboxevent" in q["sql"]]
+    assert len(deferred) == 1 and deferred[0].count("INSERT INTO kernel_outboxevent") == 2, deferred
+    assert deferred[0].endswith("; COMMIT")

@@ -45,7 +45,7 @@ def test_the_submits_writes_are_one_transaction_in_one_round_trip(tenant) -> Non
     writes = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
     assert len(writes) == 1, statements
     sql = statements[writes[0]]
-    assert sql.startswith("BEGIN; INSERT INTO billing_reservation"), sql
+    assert sql.startswith('BEGIN; INSERT INTO "billing_reservation"'), sql
     assert 'INSERT INTO "llm_aitask"' in sql
     assert sql.index('INSERT INTO "llm_aitask"') < sql.index("billing_budget_hold") < sql.index("; COMMIT")
     assert sql.endswith("; COMMIT"), sql
@@ -65,7 +65,7 @@ def test_inside_an_outer_transaction_the_writes_still_go_together_without_commit
     writes = [i for i, sql in enumerate(statements) if "billing_budget_hold" in sql]
     assert len(writes) == 1, statements
     sql = statements[writes[0]]
-    assert sql.startswith("INSERT INTO billing_reservation") and "COMMIT" not in sql and "BEGIN" not in sql
+    assert sql.startswith('INSERT INTO "billing_reservation"') and "COMMIT" not in sql and "BEGIN" not in sql
     after = statements[writes[0] + 1 :]
     assert after == [] or (len(after) == 1 and after[0].startswith("RELEASE SAVEPOINT")), after
 

@@ -7,18 +7,15 @@ never passes the limit however many submits race (docs/decisions/billing.md).
 from __future__ import annotations
 
 import contextlib
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models.functions import Now
-from django.utils import timezone
 
 from billing import money, selectors
 from billing.models import Budget
@@ -28,6 +25,7 @@ from billing.services import budget_rows
 from billing.services._common import BudgetExceeded, InvalidBillingRequest, price_row, to_reservation, to_status
 from contracts.billing import BudgetStatus, Reservation, ReservationRequest
 from kernel import metrics, writes
+from kernel.db import insert_row
 
 MAX_LIMIT_USD = Decimal("1e10")  # DecimalField(20, 10) holds ten integer digits
 
@@ -64,54 +62,52 @@ def _budgets_for(*, organization_id: UUID, api_key_id: UUID | None, period: date
     return org, key
 
 
-# The submit path's writes, written out in SQL like its reads (billing.selectors): the
-# queryset and Model.save() machinery cost more CPU than the statements themselves.
-_HOLD = (
-    f"UPDATE {Budget._meta.db_table} SET reserved_usd = reserved_usd + %s, updated_at = STATEMENT_TIMESTAMP() "  # noqa: S608
-    "WHERE id = %s AND limit_usd >= spent_usd + reserved_usd + %s"
-)
-_RESERVATION_COLUMNS = (
-    "id, organization_id, api_key_id, task_id, model, amount_usd, input_usd_per_mtok, output_usd_per_mtok, "
-    "org_budget_id, key_budget_id, status, created_at"
-)
-_RESERVATION_INSERT_DEFERRED = (
-    f"INSERT INTO {ReservationModel._meta.db_table} ({_RESERVATION_COLUMNS}) "  # noqa: S608
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'held', %s)"
-)
-_RESERVATION_INSERT = f"{_RESERVATION_INSERT_DEFERRED} RETURNING *"
-
-
 @contextmanager
 def budget_transaction(*, atomic: bool = True) -> Iterator[None]:
-    """A block whose budget holds and settlements run last, sent with its COMMIT when it
-    is the outermost transaction, so the organization's budget row is locked for no client
-    round trip (``billing.services.budget_rows``, ``kernel.writes``). ``atomic=False``: the
-    block opens no transaction and every write in it is deferred (``budget_reserve``'s
-    reservation too; the caller's rows through ``kernel.writes``), so it all goes in one
+    """A block whose budget holds and settlements run last (``kernel.writes.writes_last``),
+    sent with its COMMIT when it is the outermost transaction, so the organization's budget
+    row is locked for no client round trip. ``atomic=False``: the block opens no
+    transaction and every write in it is deferred (``budget_reserve``'s reservation, the
+    caller's rows through ``kernel.db.insert_row``), so it all goes in one
     ``BEGIN; ...; COMMIT``. A hold without room rolls the whole block back and raises
-    ``BudgetExceeded``."""
+    ``BudgetExceeded`` (docs/decisions/submit-path.md)."""
     try:
-        with budget_rows.budget_transaction(atomic=atomic):
+        with writes.writes_last(atomic=atomic):
             yield
-    except budget_rows.HoldRefused as refused:
-        raise _refusal(refused.budget_id, refused.amount) from None
+    except DatabaseError as exc:
+        refused = budget_rows.refused(exc)
+        if refused is None:
+            raise
+        raise _refusal(*refused) from None
 
 
 def _hold(budget: Budget, amount: Decimal) -> None:
-    """Add ``amount`` to the row's reservations in one conditional UPDATE, or raise.
+    """Add ``amount`` to the row's reservations, or raise ``HoldRefused``:
+    ``billing_budget_hold``, one conditional UPDATE in the database.
 
     PostgreSQL re-checks the WHERE clause on the newest row version after waiting for a
     concurrent writer's lock, so racing holds are serialised by the row lock and the sum
     can never pass the limit. Inside ``budget_transaction`` the hold is deferred to the
-    block's end (``billing_budget_hold``: the same conditional UPDATE, raising on refusal).
+    block's end, after every other write of it.
     """
-    if writes.defer(budget_rows.HOLD, [budget.pk, amount]):
+    if writes.defer(budget_rows.HOLD, [budget.pk, amount], last=True):
         return
-    with connection.cursor() as cursor:
-        cursor.execute(_HOLD, [amount, budget.pk, amount])
-        if cursor.rowcount:
-            return
-    raise _refusal(budget.pk, amount)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(budget_rows.HOLD, [budget.pk, amount])
+    except DatabaseError as exc:
+        refused = budget_rows.refused(exc)
+        if refused is None:
+            raise
+        raise HoldRefused(*refused) from None
+
+
+class HoldRefused(Exception):
+    """The budget row had no room (its transaction must go back to a savepoint)."""
+
+    def __init__(self, budget_id: int, amount: Decimal) -> None:
+        super().__init__(budget_id, amount)
+        self.budget_id, self.amount = budget_id, amount
 
 
 def _refusal(budget_id: int, amount: Decimal) -> BudgetExceeded:
@@ -129,27 +125,20 @@ def _refusal(budget_id: int, amount: Decimal) -> BudgetExceeded:
 
 def unhold(budget_id: int | None, *, held: Decimal, charged: Decimal) -> None:
     """Move a reservation out of ``reserved_usd`` and its real cost into ``spent_usd``
-    (at the end of the block inside ``budget_transaction``)."""
-    if budget_id is None or writes.defer(budget_rows.UNHOLD, [held, charged, budget_id]):
+    (at the end of the block, after its other writes, inside ``budget_transaction``)."""
+    if budget_id is None or writes.defer(budget_rows.UNHOLD, [held, charged, budget_id], last=True):
         return
-    Budget.objects.filter(pk=budget_id).update(
-        reserved_usd=F("reserved_usd") - held, spent_usd=F("spent_usd") + charged, updated_at=Now()
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(budget_rows.UNHOLD, [held, charged, budget_id])
 
 
-def budget_reserve(
-    request: ReservationRequest, *, before_hold: Callable[[Reservation], None] | None = None
-) -> Reservation:
+def budget_reserve(request: ReservationRequest) -> Reservation:
     """Hold the estimated cost of a task against the organization's (and the key's own)
     budget for this month, snapshotting the unit prices of ``model``; the amount held is
     the estimate at the dearest of ``model`` and its fallbacks. Raises ``UnknownModel`` or
     ``BudgetExceeded`` (402). Reserving again for a task that already holds one returns
-    the existing reservation.
-
-    ``before_hold`` runs with the new reservation after its row is inserted and before the
-    budget rows are held, inside the same savepoint: the caller writes its own row there
-    (the task), so after the hold locks the budget rows only COMMIT remains, and a refused
-    hold undoes the caller's row with the reservation."""
+    the existing reservation. Inside ``budget_transaction`` the reservation and the holds
+    are written at the block's end, the holds after every other write of the block."""
     if request.estimated_input_tokens < 0 or request.max_output_tokens < 0:
         raise InvalidBillingRequest("Token counts must not be negative.")
     price = price_row(request.model)
@@ -165,70 +154,23 @@ def budget_reserve(
     # BEGIN when called alone; nothing when the caller's transaction is open already, or
     # inside budget_transaction, whose end writes everything in one transaction.
     with contextlib.nullcontext() if writes.deferring() else transaction.atomic(savepoint=False):
-        outcome = _reserve(request, price, amount, before_hold)
+        outcome = _reserve(request, price, amount)
     if isinstance(outcome, BudgetExceeded):
         raise outcome
     return to_reservation(outcome)
 
 
-def _reserve(
-    request: ReservationRequest,
-    price: PriceModel,
-    amount: Decimal,
-    before_hold: Callable[[Reservation], None] | None,
-) -> ReservationModel | BudgetExceeded:
-    """Insert the reservation, let the caller insert its row (``before_hold``), then hold:
-    the holds' UPDATEs lock the budget rows until the caller's transaction commits and
-    every submit of the organization queues on that lock, so they come last and nothing
-    but COMMIT runs after them (issue 9: the profile showed submits waiting on this row).
-    The savepoint is taken before and left open on success (COMMIT releases it), so no
-    RELEASE runs under the lock; a refusal rolls back to it (the caller's row too) and
-    leaves the caller's transaction usable, as a duplicate does."""
+def _reserve(request: ReservationRequest, price: PriceModel, amount: Decimal) -> ReservationModel | BudgetExceeded:
+    """Insert the reservation, then hold: the holds lock the budget rows until the
+    transaction commits and every submit of the organization queues on that lock, so they
+    come last (issue 9). Outside ``budget_transaction`` a savepoint taken first and left
+    open on success lets a duplicate or a refusal roll back to it and leave the caller's
+    transaction usable; inside, both are written at the block's end, and a duplicate or a
+    refusal fails the whole block."""
     org, key = _budgets_for(
         organization_id=request.organization_id, api_key_id=request.api_key_id, period=money.current_period()
     )
-    if writes.deferring():
-        return _reserve_deferred(request, price, amount, before_hold, org, key)
-    savepoint = transaction.savepoint_create()
-    try:
-        values: list[object] = [uuid.uuid4(), request.organization_id, request.api_key_id, request.task_id]
-        values += [request.model, amount, price.input_usd_per_mtok, price.output_usd_per_mtok]
-        values += [org.pk, key.pk if key else None, timezone.now()]  # created_at: auto_now_add's clock
-        row = next(iter(ReservationModel.objects.raw(_RESERVATION_INSERT, values)))
-    except IntegrityError:
-        # reservation_one_held_per_task: the task holds one already; nothing was held.
-        _back_to(savepoint)
-        existing = ReservationModel.objects.filter(task_id=request.task_id, status=ReservationModel.Status.HELD).first()
-        if existing is None:
-            raise
-        return existing
-    try:
-        if before_hold is not None:
-            before_hold(to_reservation(row))
-        # Always organization first, then key: every writer locks budget rows in the
-        # same order, so concurrent reservations and settlements cannot deadlock.
-        _hold(org, amount)
-        if key is not None:
-            _hold(key, amount)
-    except BudgetExceeded as refused:
-        _back_to(savepoint)
-        return refused
-    return row
-
-
-def _reserve_deferred(
-    request: ReservationRequest,
-    price: PriceModel,
-    amount: Decimal,
-    before_hold: Callable[[Reservation], None] | None,
-    org: Budget,
-    key: Budget | None,
-) -> ReservationModel:
-    """Inside ``budget_transaction``: the reservation's INSERT and the holds are recorded
-    for the block's end (after the caller's own rows), so nothing here waits on the
-    database. A duplicate reservation of the task fails the block (IntegrityError)."""
     row = ReservationModel(
-        id=uuid.uuid4(),
         organization_id=request.organization_id,
         api_key_id=request.api_key_id,
         task_id=request.task_id,
@@ -238,17 +180,30 @@ def _reserve_deferred(
         output_usd_per_mtok=price.output_usd_per_mtok,
         org_budget_id=org.pk,
         key_budget_id=key.pk if key else None,
-        status=ReservationModel.Status.HELD,
-        created_at=timezone.now(),
     )
-    values: list[object] = [row.id, row.organization_id, row.api_key_id, row.task_id, row.model, amount]
-    values += [row.input_usd_per_mtok, row.output_usd_per_mtok, row.org_budget_id, row.key_budget_id, row.created_at]
-    writes.defer(_RESERVATION_INSERT_DEFERRED, values)
-    if before_hold is not None:
-        before_hold(to_reservation(row))
-    _hold(org, amount)
-    if key is not None:
-        _hold(key, amount)
+    savepoint = None if writes.deferring() else transaction.savepoint_create()
+    try:
+        insert_row(row)
+    except IntegrityError:
+        # reservation_one_held_per_task: the task holds one already; nothing was held.
+        if savepoint is None:  # deferred writes raise at the block's end, not here
+            raise
+        _back_to(savepoint)
+        existing = ReservationModel.objects.filter(task_id=request.task_id, status=ReservationModel.Status.HELD).first()
+        if existing is None:
+            raise
+        return existing
+    try:
+        # Always organization first, then key: every writer locks budget rows in the
+        # same order, so concurrent reservations and settlements cannot deadlock.
+        _hold(org, amount)
+        if key is not None:
+            _hold(key, amount)
+    except HoldRefused as refused:
+        if savepoint is None:  # deferred holds raise at the block's end, not here
+            raise
+        _back_to(savepoint)
+        return _refusal(refused.budget_id, refused.amount)
     return row
 
 

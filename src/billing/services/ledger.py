@@ -97,11 +97,12 @@ def reservation_release(*, reservation_id: UUID) -> bool:
         reservation = ReservationModel.objects.select_for_update().filter(pk=reservation_id).first()
         if reservation is None or reservation.status != ReservationModel.Status.HELD:
             return False
-        unhold(reservation.org_budget_id, held=reservation.amount_usd, charged=money.ZERO)
-        unhold(reservation.key_budget_id, held=reservation.amount_usd, charged=money.ZERO)
         ReservationModel.objects.filter(pk=reservation.pk).update(
             status=ReservationModel.Status.RELEASED, closed_at=Now()
         )
+        # The budget rows last, as in reservation_settle.
+        unhold(reservation.org_budget_id, held=reservation.amount_usd, charged=money.ZERO)
+        unhold(reservation.key_budget_id, held=reservation.amount_usd, charged=money.ZERO)
     return True
 
 

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import services as billing
-from contracts.billing import Reservation, ReservationRequest, TokenUsage
+from contracts.billing import ReservationRequest, TokenUsage
 from contracts.llm import AITask as AITaskContract
 from contracts.llm import TaskSubmission
 from kernel.db import insert_row
@@ -61,9 +61,25 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
     # otherwise the task waits there (dispatched_at NULL) for its fair turn. Asked before
     # the transaction: its count and Redis read must not run under the budget row lock.
     admitted = gate.admit_at_submit(submission.priority)
-    created: list[AITask] = []
-
-    def insert_task(reservation: Reservation) -> None:
+    # Every write of the submit (the reservation, the task, the budget hold) is deferred
+    # to the end of the block and goes to PostgreSQL as one BEGIN; ...; COMMIT, the hold
+    # last: it locks the organization's budget row, which every submit of the organization
+    # waits on, for the server's execution of those statements only, and the request makes
+    # one round trip for all of them (billing.budget_transaction, kernel.writes). A refused
+    # hold rolls the task back with it. Nested in a caller's transaction (a chat turn), the
+    # writes run at the block's end and commit with the caller.
+    with billing.budget_transaction(atomic=False):
+        reservation = billing.budget_reserve(
+            ReservationRequest(
+                organization_id=submission.organization_id,
+                api_key_id=submission.api_key_id,
+                task_id=task_id,
+                model=submission.model,
+                estimated_input_tokens=input_token_estimate(prompt=submission.prompt, messages=submission.messages),
+                max_output_tokens=submission.max_tokens,
+                fallback_models=list(submission.fallback_models),
+            )
+        )
         task = AITask(
             id=task_id,
             reservation_id=reservation.id,
@@ -74,30 +90,7 @@ def _submit_new(submission: TaskSubmission) -> AITaskContract:
             **_fields(submission),
         )
         insert_row(task)  # AITask.objects.create, minus compiling the INSERT every time
-        created.append(task)
-        telemetry.task_accepted(task_id)  # a later send (held, retried) continues this trace
-
-    # Every write of the submit (the reservation, the task, the budget hold) is deferred
-    # to the end of the block and goes to PostgreSQL as one BEGIN; ...; COMMIT: the hold
-    # locks the organization's budget row, which every submit of the organization waits
-    # on, for the server's execution of those statements only, and the request makes one
-    # round trip for all of them (billing.budget_transaction, kernel.writes). A refused
-    # hold rolls the task back with it. Nested in a caller's transaction (a chat turn),
-    # the writes run at the block's end and commit with the caller.
-    with billing.budget_transaction(atomic=False):
-        billing.budget_reserve(
-            ReservationRequest(
-                organization_id=submission.organization_id,
-                api_key_id=submission.api_key_id,
-                task_id=task_id,
-                model=submission.model,
-                estimated_input_tokens=input_token_estimate(prompt=submission.prompt, messages=submission.messages),
-                max_output_tokens=submission.max_tokens,
-                fallback_models=list(submission.fallback_models),
-            ),
-            before_hold=insert_task,
-        )
-    (task,) = created  # a fresh task id never meets an existing reservation
+    telemetry.task_accepted(task_id)  # a later send (held, retried) continues this trace
     if admitted:  # after the block: on_commit inside it would run before the COMMIT
         transaction.on_commit(lambda: send(task.id, task.priority))
     return to_task(task)

@@ -59,7 +59,8 @@ def tasks_get_many(*, organization_id: UUID, task_ids: Iterable[UUID]) -> dict[U
 def task_cancel(*, organization_id: UUID, task_id: UUID) -> AITaskContract:
     """Cancel an open task. A pending one is released at once; a worker running one stops
     its call (it polls the cancel flag) and settles what the provider produced."""
-    with transaction.atomic():
+    with billing.budget_transaction():  # the budget rows last, with the COMMIT
+        # TaskNotFound / TaskNotCancellable raise before anything is deferred.
         task = selectors.task_queryset(organization_id=organization_id).select_for_update().filter(id=task_id).first()
         if task is None:
             raise TaskNotFound()
