@@ -24,8 +24,8 @@ from uuid import UUID
 import structlog
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q, Value
+from django.db import router, transaction
+from django.db.models import F, Manager, Q, Value
 from django.db.models.functions import Now
 
 from billing import services as billing
@@ -75,10 +75,16 @@ WHERE id = %s AND (
 RETURNING *"""  # noqa: S608
 
 
+def _writer() -> Manager[AITask]:
+    """The manager on the database writes go to: ``raw`` would route by ``db_for_read``
+    (and skip the read-your-writes pin a write sets, kernel.db)."""
+    return AITask.objects.db_manager(router.db_for_write(AITask))
+
+
 def _claim(task_id: UUID) -> AITask | None:
     """Take the task with one conditional UPDATE; a duplicate delivery matches nothing and
     gets None."""
-    claimed = list(AITask.objects.raw(_CLAIM, [uuid.uuid4(), settings.TASK_LEASE_SECONDS, task_id]))
+    claimed = list(_writer().raw(_CLAIM, [uuid.uuid4(), settings.TASK_LEASE_SECONDS, task_id]))
     return claimed[0] if claimed else None
 
 
@@ -262,7 +268,7 @@ WHERE id = %s RETURNING *"""  # noqa: S608
 def _store_cost(task: AITask, cost: Decimal, input_usd_per_mtok: Decimal, output_usd_per_mtok: Decimal) -> None:
     """Record what the task was charged and refresh ``task`` from the row the same
     statement returns (``completed_at`` is the database's), as ``refresh_from_db`` would."""
-    fresh = next(iter(AITask.objects.raw(_STORE_COST, [cost, input_usd_per_mtok, output_usd_per_mtok, task.id])))
+    fresh = next(iter(_writer().raw(_STORE_COST, [cost, input_usd_per_mtok, output_usd_per_mtok, task.id])))
     for field in AITask._meta.concrete_fields:
         setattr(task, field.attname, getattr(fresh, field.attname))
 
