@@ -32,16 +32,13 @@ def handle_event_task(self: Task, handler: str, event_type: str, payload: dict[s
         services.event_handle(handler=handler, event_type=event_type, payload=payload)
     except Exception as exc:
         retries = self.request.retries
-        if isinstance(exc, services.EventNotHandleable) or retries >= EVENT_HANDLER_MAX_RETRIES:
+        if _gives_up(exc, retries):
             services.event_dead_letter(
                 handler=handler, event_type=event_type, payload=payload, attempts=retries + 1, error=_describe(exc)
             )
             services.event_delivery_confirm(handler=handler, payload=payload)
             return
-        countdown = get_exponential_backoff_interval(
-            EVENT_RETRY_BACKOFF_S, retries, EVENT_RETRY_BACKOFF_MAX_S, full_jitter=True
-        )
-        raise self.retry(exc=exc, countdown=countdown, max_retries=EVENT_HANDLER_MAX_RETRIES) from exc
+        raise self.retry(exc=exc, countdown=_retry_in(retries), max_retries=EVENT_HANDLER_MAX_RETRIES) from exc
     services.event_delivery_confirm(handler=handler, payload=payload)
 
 
@@ -69,12 +66,12 @@ def handle_events_task(handler: str, event_type: str, payloads: list[dict[str, A
 def _first_attempt_failed(handler: str, event_type: str, payload: dict[str, Any], exc: Exception) -> bool:
     """Dead-letter the event or send its retry, as ``handle_event_task`` does after its
     first attempt; True when the task is done with it (dead-lettered)."""
-    if isinstance(exc, services.EventNotHandleable) or EVENT_HANDLER_MAX_RETRIES == 0:
+    if _gives_up(exc, 0):
         services.event_dead_letter(
             handler=handler, event_type=event_type, payload=payload, attempts=1, error=_describe(exc)
         )
         return True
-    countdown = get_exponential_backoff_interval(EVENT_RETRY_BACKOFF_S, 0, EVENT_RETRY_BACKOFF_MAX_S, full_jitter=True)
+    countdown = _retry_in(0)
     log.warning(
         "event_handler_failed", handler=handler, event_type=event_type, error=_describe(exc), retry_in=countdown
     )
@@ -85,6 +82,18 @@ def _first_attempt_failed(handler: str, event_type: str, payload: dict[str, Any]
     except Exception:  # broker down: the delivery stays unconfirmed and the relay sends it again
         log.warning("event_retry_send_failed", handler=handler, event_type=event_type, exc_info=True)
     return False
+
+
+def _gives_up(exc: Exception, retries: int) -> bool:
+    """Dead-letter now: no retry can help, or the retries are spent."""
+    return isinstance(exc, services.EventNotHandleable) or retries >= EVENT_HANDLER_MAX_RETRIES
+
+
+def _retry_in(retries: int) -> float:
+    """Seconds before the next attempt: exponential with full jitter, capped."""
+    return float(
+        get_exponential_backoff_interval(EVENT_RETRY_BACKOFF_S, retries, EVENT_RETRY_BACKOFF_MAX_S, full_jitter=True)
+    )
 
 
 def _describe(exc: BaseException) -> str:
