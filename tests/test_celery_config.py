@@ -144,22 +144,38 @@ def test_every_scheduled_task_is_registered() -> None:
     assert missing == set()
 
 
-def test_spec_defaults_without_any_configuration() -> None:
-    """90 s soft / 120 s hard by default, with the visibility timeout above the hard limit."""
-    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
-    env.update(PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", DJANGO_SETTINGS_MODULE="config.settings", DEBUG="true")
-    code = (
-        "import json\n"
-        "from config.celery import app\n"
-        "c = app.conf\n"
-        "print(json.dumps([c.task_soft_time_limit, c.task_time_limit,"
-        " c.broker_transport_options['visibility_timeout'], c.worker_max_tasks_per_child]))\n"
-    )
+def celery_conf(env: dict[str, str], expression: str) -> Any:
+    """``expression`` over ``app.conf`` (as ``c``) as a fresh process configures Celery."""
+    code = f"import json\nfrom config.celery import app\nc = app.conf\nprint(json.dumps({expression}))\n"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    soft, hard, visibility, max_tasks = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def bare_env(**values: str) -> dict[str, str]:
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    env.update(PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", DJANGO_SETTINGS_MODULE="config.settings", DEBUG="true")
+    env.update(values)
+    return env
+
+
+def test_spec_defaults_without_any_configuration() -> None:
+    """90 s soft / 120 s hard by default, with the visibility timeout above the hard limit."""
+    soft, hard, visibility, max_tasks = celery_conf(
+        bare_env(),
+        "[c.task_soft_time_limit, c.task_time_limit, c.broker_transport_options['visibility_timeout'],"
+        " c.worker_max_tasks_per_child]",
+    )
     assert (soft, hard) == (90, 120)
     assert visibility > hard
     assert max_tasks > 0
+
+
+def test_celery_task_events_are_off_by_default_and_can_be_turned_on() -> None:
+    """Task events feed only Flower and cost a broker publish per task and state (and one
+    more per submit): off unless CELERY_TASK_EVENTS says otherwise."""
+    events = "[c.worker_send_task_events, c.task_send_sent_event]"
+    assert celery_conf(bare_env(), events) == [False, False]
+    assert celery_conf(bare_env(CELERY_TASK_EVENTS="true"), events) == [True, True]

@@ -329,26 +329,3 @@ def test_redis_and_broker_defaults() -> None:
     assert loaded["DATABASES"]["default"]["NAME"] == "switchyard"
     loaded = database_settings(development, REDIS_URL="redis://cache:6379/3")
     assert loaded["BROKER"] == "redis://cache:6379/3"
-
-
-def celery_events(env: dict[str, str]) -> tuple[bool, bool]:
-    """(worker task events, task-sent events) as a fresh process configures Celery."""
-    code = (
-        "import django; django.setup()\n"
-        "from config.celery import app\n"
-        "print(app.conf.worker_send_task_events, app.conf.task_send_sent_event)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    worker, sent = result.stdout.split()[-2:]
-    return worker == "True", sent == "True"
-
-
-def test_celery_task_events_are_off_by_default_and_can_be_turned_on() -> None:
-    """Task events feed only Flower and cost a broker publish per task and state: off in
-    production unless CELERY_TASK_EVENTS says otherwise."""
-    production = clean_env(**PRODUCTION)
-    assert celery_events(production) == (False, False)
-    assert celery_events({**production, "CELERY_TASK_EVENTS": "true"}) == (True, True)

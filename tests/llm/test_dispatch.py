@@ -81,6 +81,22 @@ class TestSubmitAndFill:
         assert broker.task_ids("default") == [first, second]
         assert AITask.objects.get(id=third).dispatched_at is None  # held
 
+    def test_a_held_task_keeps_later_submits_from_overtaking_it_even_with_room(
+        self, tenant, broker, settings, django_capture_on_commit_callbacks
+    ) -> None:
+        """The fast path's first question (EXISTS on the held index): while one task waits
+        at the gate, a new one waits too, whatever room the queue has; fill sends them in order."""
+        settings.DISPATCH_HEADROOM = 0
+        pool_register(queue="default", node="w1", slots=1, ttl_s=30)
+        with django_capture_on_commit_callbacks(execute=True):
+            first, held = submit(tenant), submit(tenant)
+        pool_register(queue="default", node="w2", slots=10, ttl_s=30)  # room now
+        with django_capture_on_commit_callbacks(execute=True):
+            later = submit(tenant)
+        assert broker.task_ids("default") == [first]
+        assert AITask.objects.get(id=held).dispatched_at is None
+        assert AITask.objects.get(id=later).dispatched_at is None
+
     def test_nothing_is_sent_while_no_worker_consumes_the_queue(self, tenant, broker, fill) -> None:
         task_id = submit(tenant)
         assert fill().sent == 0 and broker.task_ids("default") == []
