@@ -342,6 +342,9 @@ if DEBUG and not WEBHOOK_SIGNING_SECRETS:
 # An event delivery (one subscriber's message) not confirmed by its handler within this is
 # sent again, each one less often (a broker restarted empty loses messages, not events).
 OUTBOX_REDELIVER_AFTER_S = env.float("OUTBOX_REDELIVER_AFTER_S", default=300.0)
+# The relay task waits this long before it selects, so the events of that moment go out
+# as one batch (kernel.services.outbox_relay_drain): subscribers see an event this much later.
+OUTBOX_RELAY_GATHER_S = env.float("OUTBOX_RELAY_GATHER_S", default=0.2)
 SWEEPER_BATCH_SIZE = env.int("SWEEPER_BATCH_SIZE", default=500)
 SWEEPER_INTERVAL_S = env.float("SWEEPER_INTERVAL_S", default=30.0)
 # A message sent but not started within this is sent again (each task less often): with the

@@ -8,6 +8,7 @@ import structlog
 from celery import Task, current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
 
 from kernel import services, tasks_backend
 
@@ -16,7 +17,7 @@ log = structlog.get_logger(__name__)
 
 @shared_task(name=services.RELAY_OUTBOX, ignore_result=True)
 def relay_outbox_task() -> int:
-    return services.outbox_relay_drain()
+    return services.outbox_relay_drain(gather_s=settings.OUTBOX_RELAY_GATHER_S)
 
 
 # Retries of one subscriber for one event, then a dead letter. Always explicit:

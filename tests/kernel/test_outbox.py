@@ -149,6 +149,37 @@ def test_a_burst_of_commits_sends_one_relay_message(subscribed, broker, django_c
     assert broker.calls("priority") == [(services.RELAY_OUTBOX, [])]
 
 
+def test_the_relay_task_gathers_the_events_committed_while_it_waits(
+    subscribed, broker, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    """With the default gather window, commits during the wait send no relay message of
+    their own and ride in this relay: one subscriber message for all of them."""
+    from django.conf import settings
+
+    from kernel.tasks import relay_outbox_task
+
+    assert settings.OUTBOX_RELAY_GATHER_S > 0  # the production default, not a test value
+    with django_capture_on_commit_callbacks(execute=True):
+        services.event_publish(make_event())
+    assert broker.calls("priority") == [(services.RELAY_OUTBOX, [])]
+    broker.clear("priority")
+    waited: list[float] = []
+
+    def commits_meanwhile(seconds: float) -> None:
+        waited.append(seconds)
+        for _ in range(3):
+            with django_capture_on_commit_callbacks(execute=True):
+                services.event_publish(make_event())
+
+    monkeypatch.setattr(services.time, "sleep", commits_meanwhile)
+    assert relay_outbox_task.apply().get() == 4
+    assert waited == [settings.OUTBOX_RELAY_GATHER_S]
+    assert broker.calls("priority") == []  # the window's kicks found the relay on its way
+    calls = broker.calls("low")  # one message per subscriber (the apps' own ones and HANDLER)
+    assert [name for name, _ in calls] == [services.HANDLE_EVENTS] * len(services.event_subscribers(AITaskFinished.event_type))
+    assert {args[0]: len(args[2]) for _, args in calls}[HANDLER] == 4
+
+
 def test_an_event_committed_after_the_relay_started_kicks_a_relay_of_its_own(
     subscribed, broker, django_capture_on_commit_callbacks, monkeypatch
 ) -> None:
