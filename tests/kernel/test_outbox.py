@@ -176,7 +176,8 @@ def test_the_relay_task_gathers_the_events_committed_while_it_waits(
     assert waited == [settings.OUTBOX_RELAY_GATHER_S]
     assert broker.calls("priority") == []  # the window's kicks found the relay on its way
     calls = broker.calls("low")  # one message per subscriber (the apps' own ones and HANDLER)
-    assert [name for name, _ in calls] == [services.HANDLE_EVENTS] * len(services.event_subscribers(AITaskFinished.event_type))
+    subscribers = services.event_subscribers(AITaskFinished.event_type)
+    assert [name for name, _ in calls] == [services.HANDLE_EVENTS] * len(subscribers)
     assert {args[0]: len(args[2]) for _, args in calls}[HANDLER] == 4
 
 
