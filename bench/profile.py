@@ -64,8 +64,12 @@ def record(pids: list[int], seconds: int, out: Path, *, on_cpu: bool = False) ->
     ]  # fmt: skip
 
 
-def top_frames(raw_files: list[Path], limit: int = 40) -> tuple[str, dict[str, object]]:
-    """Own and inclusive sample shares per frame, over the request-handling stacks."""
+def top_frames(
+    raw_files: list[Path], limit: int = 40, *, within: str | None = "handle_request", what: str = "request threads"
+) -> tuple[str, dict[str, object]]:
+    """Own and inclusive sample shares per frame, over the stacks that pass through the
+    frame ``within`` (by default gunicorn's request threads, not the accept loop; None:
+    every stack)."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     stacks: collections.Counter[str] = collections.Counter()
@@ -73,7 +77,7 @@ def top_frames(raw_files: list[Path], limit: int = 40) -> tuple[str, dict[str, o
     for raw in raw_files:
         for line in raw.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
-            if "handle_request" not in stack:  # gunicorn's request thread; not the accept loop
+            if within is not None and within not in stack:
                 continue
             count = int(count_text)
             frames = stack.split(";")
@@ -82,7 +86,9 @@ def top_frames(raw_files: list[Path], limit: int = 40) -> tuple[str, dict[str, o
             own[frames[-1]] += count
             for frame in set(frames):
                 inclusive[frame] += count
-    lines = [f"samples in request threads: {total}", "", "inclusive (share of request samples):"]
+    if not total:
+        return f"no samples in {what}", {"total": 0}
+    lines = [f"samples in {what}: {total}", "", "inclusive (share of those samples):"]
     lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in inclusive.most_common(limit)]
     lines += ["", "own time (leaf frames):"]
     lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in own.most_common(limit)]

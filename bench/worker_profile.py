@@ -12,40 +12,16 @@ Usage: python -m bench.worker_profile [--label L] [--tasks 900] [--rate 30]
 from __future__ import annotations
 
 import argparse
-import collections
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
-from bench.profile import RESULTS, py_spy
+from bench.profile import RESULTS, py_spy, top_frames
 from bench.run import prepare
 from bench.scenarios import submit, wait_terminal
 from bench.stack import for_scenario, group_cpu_s, group_pids
 
 POOLS = ("worker-priority", "worker-default", "worker-low")
-
-
-def summarize(raw_files: list[Path], limit: int) -> str:
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for raw in raw_files:
-        for line in raw.read_text().splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            count = int(count_text)
-            frames = stack.split(";")
-            total += count
-            own[frames[-1]] += count
-            for frame in set(frames):
-                inclusive[frame] += count
-    if not total:
-        return "no samples"
-    lines = [f"samples holding the GIL: {total}", "inclusive:"]
-    lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in inclusive.most_common(limit)]
-    lines += ["own:"]
-    lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in own.most_common(limit)]
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -81,7 +57,8 @@ def main() -> int:
     sections = [f"{args.tasks} tasks at {sent['rate']:.1f}/s, 1 s fake calls; py-spy --gil, 200 samples/s"]
     for pool in POOLS:
         raws = sorted(RESULTS.glob(f"{base.name}.{pool}.*.raw"))
-        sections.append(f"\n=== {pool}: {cpu[pool]:.1f} ms CPU per task (from /proc)\n{summarize(raws, args.limit)}")
+        profile, _ = top_frames(raws, args.limit, within=None, what="threads holding the GIL")
+        sections.append(f"\n=== {pool}: {cpu[pool]:.1f} ms CPU per task (from /proc)\n{profile}")
         for raw in raws:
             raw.unlink()
     text = "\n".join(sections) + "\n"
