@@ -96,6 +96,33 @@ def test_a_worker_started_by_bin_switchyard_runs_with_the_policy(tenant, tmp_pat
         worker.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_outbox_relay_is_acked_on_receipt(tmp_path: Path) -> None:
+    """Unlike every other task: while the relay waits (its gather window, 2 s here) its
+    message is already acked, so a broker connection lost meanwhile leaves kombu nothing
+    to restore (kombu 5.7 crashes the worker there, kernel.tasks)."""
+    import redis
+
+    from tests.pipeline.conftest import Worker, wait_for
+
+    worker = Worker("priority", tmp_path, OUTBOX_RELAY_GATHER_S="2")
+    try:
+        worker.wait_ready()
+        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        message_id = app.send_task("kernel.relay_outbox", queue="priority").id
+
+        def logged(what: str) -> bool:
+            return f"kernel.relay_outbox[{message_id}] {what}" in worker.log_path.read_text()
+
+        wait_for(lambda: logged("received"), timeout=10)
+        assert not any(message_id.encode() in raw for raw in broker.hvals("unacked"))
+        assert not logged("succeeded")  # still in its gather window
+        wait_for(lambda: logged("succeeded"), timeout=10)
+    finally:
+        worker.stop()
+
+
 def test_publishing_fails_fast_during_a_broker_outage() -> None:
     options = app.conf.broker_transport_options
     assert app.conf.task_publish_retry is False

@@ -15,7 +15,14 @@ from kernel import services, tasks_backend
 log = structlog.get_logger(__name__)
 
 
-@shared_task(name=services.RELAY_OUTBOX, ignore_result=True)
+# Acked on receipt, unlike every other task (CELERY_TASK_ACKS_LATE): a relay message
+# carries nothing (the outbox rows are the truth, and beat relays every 5 s), and the
+# relay's gather wait would otherwise keep one message unacked most of the time. kombu
+# 5.7's Redis transport crashes the whole worker ("Unrecoverable error: AttributeError:
+# 'NoneType' object has no attribute 'hostname'", in ``restore_unacked`` on close) when
+# the broker connection drops while a message is unacked: the reliability suite's Redis
+# restart caught it in 1 run of 5 with the wait and acks_late.
+@shared_task(name=services.RELAY_OUTBOX, ignore_result=True, acks_late=False)
 def relay_outbox_task() -> int:
     return services.outbox_relay_drain(gather_s=settings.OUTBOX_RELAY_GATHER_S)
 
