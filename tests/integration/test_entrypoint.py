@@ -162,16 +162,19 @@ def test_stream_runs_uvicorn_asgi_with_proxy_headers_and_graceful_shutdown() -> 
 
 
 @pytest.mark.parametrize(
-    ("queue", "variable", "concurrency"),
+    ("queue", "variable", "concurrency", "nice"),
     [
-        ("priority", "WORKER_PRIORITY_CONCURRENCY", 100),
-        ("default", "WORKER_DEFAULT_CONCURRENCY", 300),
-        ("low", "WORKER_LOW_CONCURRENCY", 50),
+        ("priority", "WORKER_PRIORITY_CONCURRENCY", 100, 5),
+        ("default", "WORKER_DEFAULT_CONCURRENCY", 300, 10),
+        ("low", "WORKER_LOW_CONCURRENCY", 50, 15),
     ],
 )
-def test_each_worker_consumes_only_its_own_queue_on_a_threads_pool(queue: str, variable: str, concurrency: int) -> None:
+def test_each_worker_consumes_only_its_own_queue_on_a_threads_pool(
+    queue: str, variable: str, concurrency: int, nice: int
+) -> None:
+    """Niced in the order of their queues by default; WORKER_<QUEUE>_NICE over WORKER_NICE."""
     assert printed(f"worker-{queue}") == (
-        f"nice -n 10 celery -A config worker -Q {queue} -n {queue}@%h -P threads --concurrency {concurrency} "
+        f"nice -n {nice} celery -A config worker -Q {queue} -n {queue}@%h -P threads --concurrency {concurrency} "
         "--without-gossip --without-mingle --loglevel INFO"
     )
     assert "--concurrency 7 " in printed(f"worker-{queue}", WORKER_CONCURRENCY="7")
@@ -180,8 +183,12 @@ def test_each_worker_consumes_only_its_own_queue_on_a_threads_pool(queue: str, v
     assert entrypoint(f"worker-{queue}", WORKER_POOL="gevent").returncode == 2
     assert printed(f"worker-{queue}", WORKER_NICE="0").startswith("celery -A config worker ")
     assert printed(f"worker-{queue}", WORKER_NICE="19").startswith("nice -n 19 celery ")
+    own = f"WORKER_{queue.upper()}_NICE"
+    assert printed(f"worker-{queue}", **{own: "3", "WORKER_NICE": "19"}).startswith("nice -n 3 celery ")
+    assert printed(f"worker-{queue}", **{own: "0", "WORKER_NICE": "19"}).startswith("celery -A config worker ")
     for bad in ("-5", "20", "high"):
         assert entrypoint(f"worker-{queue}", WORKER_NICE=bad).returncode == 2
+        assert entrypoint(f"worker-{queue}", **{own: bad}).returncode == 2
 
 
 def test_beat_keeps_its_schedule_at_a_writable_path() -> None:
