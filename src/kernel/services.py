@@ -13,9 +13,9 @@ attempt becomes an ``EventDeadLetter``.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from datetime import timedelta
+from time import sleep
 from typing import Any
 from uuid import UUID
 
@@ -116,7 +116,7 @@ def outbox_relay_drain(*, gather_s: float = 0.0) -> int:
     per task each (``bench.worker_profile``).
     """
     if gather_s > 0:
-        time.sleep(gather_s)
+        sleep(gather_s)
     with contextlib.suppress(RedisError):  # before the select: see ``_kick_relay``
         get_redis_connection("default").delete(RELAY_SCHEDULED_KEY)
     total = 0

@@ -171,7 +171,7 @@ def test_the_relay_task_gathers_the_events_committed_while_it_waits(
             with django_capture_on_commit_callbacks(execute=True):
                 services.event_publish(make_event())
 
-    monkeypatch.setattr(services.time, "sleep", commits_meanwhile)
+    monkeypatch.setattr(services, "sleep", commits_meanwhile)  # the relay's wait only, not time.sleep
     assert relay_outbox_task.apply().get() == 4
     assert waited == [settings.OUTBOX_RELAY_GATHER_S]
     assert broker.calls("priority") == []  # the window's kicks found the relay on its way
