@@ -185,6 +185,15 @@ CACHES = {
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": 1,
             "SOCKET_TIMEOUT": 1,
+            # One pool per process, shared by its threads: 300 in worker-default. redis-py 8
+            # caps a pool at 100 connections and fails the 101st command at once ("Too many
+            # connections"); a blocking pool makes it wait for a free one instead, at most
+            # REDIS_POOL_TIMEOUT_S (docs/decisions/stream-deltas.md).
+            "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
+            "CONNECTION_POOL_KWARGS": {
+                "max_connections": env.int("REDIS_POOL_MAX", default=100),
+                "timeout": env.float("REDIS_POOL_TIMEOUT_S", default=5.0),
+            },
         },
     }
 }
@@ -322,6 +331,9 @@ if LLM_PROVIDER == "openai_compatible" and not LLM_BASE_URL:
 RESPONSE_CACHE_TTL_S = env.int("RESPONSE_CACHE_TTL_S", default=24 * 3600)
 SSE_HEARTBEAT_S = env.float("SSE_HEARTBEAT_S", default=15.0)
 SSE_STREAM_TTL_S = env.int("SSE_STREAM_TTL_S", default=3600)
+# A streamed answer's chunks after the first wait this long at most, then go out joined
+# (one XADD per task per interval, not per chunk; 0: each at once). llm.deltas.
+SSE_DELTA_FLUSH_S = env.float("SSE_DELTA_FLUSH_S", default=0.05)
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
 # Newest first: sign with the first, also with the second during a rotation (docs/webhooks.md).
 # WEBHOOK_SIGNING_SECRET (one secret) is still read when the list is not set.
