@@ -31,7 +31,7 @@ from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from contracts.llm import TERMINAL_STATUSES
-from llm import telemetry
+from llm import deltas, telemetry
 
 if TYPE_CHECKING:
     from contracts.llm import AITask as AITaskContract
@@ -115,6 +115,18 @@ def publish_delta(task_id: UUID | str, text: str, attempt: int | None = None, *,
     if attempt is not None:
         data["attempt"] = attempt
     return publish(task_id, "delta", data, refresh_ttl=first)
+
+
+def send_delta(task_id: UUID | str, text: str, attempt: int | None, *, first: bool) -> None:
+    """One chunk of a running call. An attempt's first goes out at once (time to first
+    token); the later ones through this process's buffer (``llm.deltas``), at most
+    SSE_DELTA_FLUSH_S later, joined per task (0: each at once, as ``publish_delta``).
+    The caller flushes the task's buffer (``deltas.flush``) when the call ends."""
+    if first or settings.SSE_DELTA_FLUSH_S <= 0:
+        publish_delta(task_id, text, attempt, first=first)
+        return
+    with telemetry.stream_publish(task_id, "delta"):  # counts the chunk on the provider span
+        deltas.add(task_id, text, attempt)
 
 
 def mark_cancelled(task_id: UUID | str) -> None:

@@ -70,6 +70,20 @@ def test_done_with_tokens_cost_ledger_event_and_stream(tenant, run) -> None:
     assert "".join(d["text"] for kind, d in events if kind == "delta") == task.result
 
 
+def test_a_calls_chunks_reach_the_stream_joined_and_before_its_status(tenant, run) -> None:
+    """With the default flush interval the fake's answer of dozens of chunks (a word each)
+    arrives in a few delta events: the first at once, the rest joined, flushed when the call
+    ends, so every one comes before the terminal status."""
+    task_id = submit(tenant, prompt="Write a long answer #fake:sleep=300")
+    assert run(task_id).kind == "done"
+    task = AITask.objects.get(id=task_id)
+    chunks = len((task.result or "").split())
+    kinds = [kind for kind, _ in stream_events(task_id)]
+    deltas = kinds.count("delta")
+    assert chunks > 20 and 2 <= deltas < chunks / 2, (chunks, deltas)
+    assert kinds[-1] == "status" and kinds.index("status", kinds.index("delta")) == len(kinds) - 1
+
+
 def test_duplicate_delivery_has_no_effect(tenant, run) -> None:
     task_id = submit(tenant)
     assert run(task_id).kind == "done"

@@ -33,7 +33,7 @@ from contracts.billing import TokenUsage
 from contracts.llm import ExecutionOutcome
 from kernel import metrics
 from kernel.db import release_connection
-from llm import response_cache, streams, telemetry
+from llm import deltas, response_cache, streams, telemetry
 from llm.limits import ProviderBusy, provider_backoff, provider_slot, task_token_estimate
 from llm.models import AITask, DeadLetter
 from llm.providers import Completion, ProviderError, RateLimited, TextDelta, get_provider
@@ -206,7 +206,7 @@ def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[
                     ttft = metrics.PROVIDER_TTFT.labels(provider=settings.LLM_PROVIDER, model=task.model)
                     ttft.observe(time.perf_counter() - started)
                 produced.append(event.text)
-                streams.publish_delta(task.id, event.text, attempt=task.attempts, first=first)
+                streams.send_delta(task.id, event.text, task.attempts, first=first)
             elif isinstance(event, Completion):
                 completion = event
         if completion is None:
@@ -214,6 +214,7 @@ def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[
         outcome = "ok"
         return completion
     finally:
+        deltas.flush(task.id)  # the chunks still buffered go before any status event
         latency = metrics.PROVIDER_LATENCY.labels(provider=settings.LLM_PROVIDER, model=task.model, outcome=outcome)
         latency.observe(time.perf_counter() - started)
 
