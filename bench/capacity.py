@@ -63,10 +63,11 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                 rounds[name].append(wrk.run(url, seconds=duration, connections=connections, script=script))
                 if name == "naive" and sizes.fresh_web_after_naive:  # before the next round, the open loop
                     fresh_web()
-        open_loop = [
-            client(
+
+        def offer(url: str, rate: float) -> dict[str, Any]:
+            return client(
                 "open",
-                f"{stack.web}/api/v1/ai-tasks/",
+                url,
                 "--key",
                 keys.a,
                 "--rate",
@@ -77,8 +78,13 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                 f"open-{uuid.uuid4().hex[:8]}",
                 *(["--directive", directive] if directive else []),
             )
-            for rate in sizes.open_loop_rates
-        ]
+
+        # The platform at each rate, then the floor view at the same rate on the same
+        # backlog: whether the machine could meet the latency target with any submit path.
+        open_loop, floor_open_loop = [], []
+        for rate in sizes.open_loop_rates:
+            open_loop.append(offer(targets["platform"][0], rate))
+            floor_open_loop.append(offer(targets["floor"][0], rate))
 
     def mean(name: str, key: str) -> float:
         values = [r[key] for r in rounds[name] if not math.isnan(r[key])]
@@ -104,17 +110,37 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         Figure(s, "platform / floor", rps["platform"] / rps["floor"], "x", 0.5, "higher"),
         Figure(s, "platform / naive", rps["platform"] / max(rps["naive"], 1e-9), "x", 50, "higher"),
     ]
-    for result in open_loop:
+    for result, floor in zip(open_loop, floor_open_loop, strict=True):
         rate = result["offered_rps"]
-        note = f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['errors']} errors"
+        note = _open_note(result)
         if sizes.fresh_web_after_naive:
             note += "; on a web role restarted after each naive round"
-        if result["client_late"]:
-            note += f", client late on {result['client_late']} sends"
         target = 50.0 if rate == 100 else None
         figures.append(Figure(s, f"open loop {rate:.0f} req/s offered: p95", result["p95_ms"], "ms", target, note=note))
-    details = {"wrk": rounds, "healthz": healthz, "open_loop": open_loop, "latency_ms": latency}
+        figures.append(
+            Figure(
+                s,
+                f"floor view, open loop {rate:.0f} req/s offered: p95 (yardstick)",
+                floor["p95_ms"],
+                "ms",
+                note=_open_note(floor) + "; right after the platform's, on the same backlog",
+            )
+        )
+    details = {
+        "wrk": rounds,
+        "healthz": healthz,
+        "open_loop": open_loop,
+        "floor_open_loop": floor_open_loop,
+        "latency_ms": latency,
+    }
     return figures, details | {"naive_seconds": naive_seconds, "web_restart_s": web_restart_s}
+
+
+def _open_note(result: dict[str, Any]) -> str:
+    note = f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['errors']} errors"
+    if result["client_late"]:
+        note += f", client late on {result['client_late']} sends"
+    return note
 
 
 def _pcts(results: list[dict[str, float]]) -> str:
