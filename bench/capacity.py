@@ -123,7 +123,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                 f"floor view, open loop {rate:.0f} req/s offered: p95 (yardstick)",
                 floor["p95_ms"],
                 "ms",
-                note=_open_note(floor) + "; right after the platform's, on the same backlog",
+                note=_open_note(floor) + "; right after the platform's, its tasks added to the backlog",
             )
         )
     details = {

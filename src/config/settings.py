@@ -188,11 +188,12 @@ CACHES = {
             # One pool per process, shared by its threads: 300 in worker-default. redis-py 8
             # caps a pool at 100 connections and fails the 101st command at once ("Too many
             # connections"); a blocking pool makes it wait for a free one instead, at most
-            # REDIS_POOL_TIMEOUT_S (docs/decisions/stream-deltas.md).
+            # REDIS_POOL_TIMEOUT_S: short, like the socket timeout, so the keeper's steps
+            # and /readyz still fail fast when Redis is slow (docs/decisions/stream-deltas.md).
             "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
             "CONNECTION_POOL_KWARGS": {
                 "max_connections": env.int("REDIS_POOL_MAX", default=100),
-                "timeout": env.float("REDIS_POOL_TIMEOUT_S", default=5.0),
+                "timeout": env.float("REDIS_POOL_TIMEOUT_S", default=1.0),
             },
         },
     }

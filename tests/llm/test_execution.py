@@ -74,13 +74,13 @@ def test_a_calls_chunks_reach_the_stream_joined_and_before_its_status(tenant, ru
     """With the default flush interval the fake's answer of dozens of chunks (a word each)
     arrives in a few delta events: the first at once, the rest joined, flushed when the call
     ends, so every one comes before the terminal status."""
-    task_id = submit(tenant, prompt="Write a long answer #fake:sleep=300")
+    task_id = submit(tenant, prompt="Write a long answer #fake:sleep=100")
     assert run(task_id).kind == "done"
     task = AITask.objects.get(id=task_id)
     chunks = len((task.result or "").split())
     kinds = [kind for kind, _ in stream_events(task_id)]
     deltas = kinds.count("delta")
-    assert chunks > 20 and 2 <= deltas < chunks / 2, (chunks, deltas)
+    assert chunks >= 16 and 2 <= deltas <= chunks // 2, (chunks, deltas)  # fails if the call takes 5 x its 0.1 s
     assert kinds[-1] == "status" and kinds.index("status", kinds.index("delta")) == len(kinds) - 1
 
 

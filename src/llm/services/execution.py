@@ -145,7 +145,7 @@ def _attempt(task: AITask) -> ExecutionOutcome:
             guarded(guard),
             telemetry.provider_call(task, model),
         ):
-            completion = _run(get_provider().stream(request), task, produced)
+            completion = _run(get_provider().stream(request), task, produced, guard)
             telemetry.call_completed(completion)
             slot.record_tokens(completion.input_tokens + completion.output_tokens)
     except ProviderBusy as exc:
@@ -194,7 +194,7 @@ def _timed_out(task: AITask) -> ExecutionOutcome:
     return _fail(task, code="timeout", error=f"The task exceeded its time limit of {settings.TASK_SOFT_TIME_LIMIT} s.")
 
 
-def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[str]) -> Completion:
+def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[str], guard: CallGuard) -> Completion:
     completion: Completion | None = None
     started = time.perf_counter()
     outcome = "error"
@@ -214,7 +214,10 @@ def _run(events: Iterator[TextDelta | Completion], task: AITask, produced: list[
         outcome = "ok"
         return completion
     finally:
-        deltas.flush(task.id)  # the chunks still buffered go before any status event
+        if guard.aborted:  # cancelled or reclaimed: its stream may have moved on already
+            deltas.discard(task.id)
+        else:  # the chunks still buffered go before the status event
+            deltas.flush(task.id)
         latency = metrics.PROVIDER_LATENCY.labels(provider=settings.LLM_PROVIDER, model=task.model, outcome=outcome)
         latency.observe(time.perf_counter() - started)
 
