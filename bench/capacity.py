@@ -3,16 +3,20 @@ served by the same web server in the same run, and open-loop latency (asyncio cl
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from bench import wrk
 from bench.report import Figure
 from bench.scenarios import Keys, Sizes, client
-from bench.stack import for_scenario
+from bench.stack import Stack, for_scenario
 
 BODY = {"prompt": "Benchmark the submit path, please.", "cache": False, "metadata": {"bench": "capacity"}}
 
@@ -85,6 +89,15 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         for rate in sizes.open_loop_rates:
             open_loop.append(offer(targets["platform"][0], rate))
             floor_open_loop.append(offer(targets["floor"][0], rate))
+        # The front door alone: the pools (and beat) stopped, as if web had cores of its
+        # own; no target (the scenario's targets are with the pools busy). Last, because
+        # the pools then resume a backlog whose leases ran out while they were stopped.
+        with pools_stopped(stack):
+            front = {
+                name: wrk.run(targets[name][0], seconds=seconds, connections=connections, script=targets[name][1])
+                for name in ("platform", "floor")
+            }
+            front_open = offer(targets["platform"][0], sizes.open_loop_rates[0])
 
     def mean(name: str, key: str) -> float:
         values = [r[key] for r in rounds[name] if not math.isnan(r[key])]
@@ -126,7 +139,26 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                 note=_open_note(floor) + "; right after the platform's, its tasks added to the backlog",
             )
         )
+    front_rps = {name: front[name]["rps"] for name in front}
+    figures += [
+        Figure(
+            s,
+            "pools stopped (front door alone): platform / floor",
+            front_rps["platform"] / front_rps["floor"],
+            "x",
+            note=f"{front_rps['platform']:.0f} against {front_rps['floor']:.0f} req/s, one round each; "
+            f"platform {_pcts([front['platform']])}",
+        ),
+        Figure(
+            s,
+            f"pools stopped: open loop {front_open['offered_rps']:.0f} req/s offered: p95",
+            front_open["p95_ms"],
+            "ms",
+            note=_open_note(front_open),
+        ),
+    ]
     details = {
+        "front_door": {"wrk": front, "open_loop": front_open},
         "wrk": rounds,
         "healthz": healthz,
         "open_loop": open_loop,
@@ -134,6 +166,19 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         "latency_ms": latency,
     }
     return figures, details | {"naive_seconds": naive_seconds, "web_restart_s": web_restart_s}
+
+
+@contextlib.contextmanager
+def pools_stopped(stack: Stack) -> Iterator[None]:
+    """SIGSTOP the worker pools and beat for the block, SIGCONT after."""
+    roles = [role for role in ("worker-priority", "worker-default", "worker-low", "beat") if role in stack.role_env]
+    for role in roles:
+        os.killpg(stack.pgid(role), signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for role in roles:
+            os.killpg(stack.pgid(role), signal.SIGCONT)
 
 
 def _open_note(result: dict[str, Any]) -> str:
