@@ -11,12 +11,14 @@ import statistics
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
+
+import redis
 
 from bench import wrk
 from bench.report import Figure
 from bench.scenarios import Keys, Sizes, client
-from bench.stack import Stack, for_scenario
+from bench.stack import REDIS_URL, Stack, for_scenario
 
 BODY = {"prompt": "Benchmark the submit path, please.", "cache": False, "metadata": {"bench": "capacity"}}
 
@@ -120,7 +122,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
             note=f"{latency} ms inline call, {naive_seconds} s; " + _pcts(rounds["naive"]),
         ),
         Figure(s, "GET /healthz rate (yardstick of the machine)", healthz["rps"], "req/s", note=_pcts([healthz])),
-        Figure(s, "platform / floor", rps["platform"] / rps["floor"], "x", 0.5, "higher"),
+        Figure(s, "platform / floor", rps["platform"] / max(rps["floor"], 1e-9), "x", 0.5, "higher"),
         Figure(s, "platform / naive", rps["platform"] / max(rps["naive"], 1e-9), "x", 50, "higher"),
     ]
     for result, floor in zip(open_loop, floor_open_loop, strict=True):
@@ -136,7 +138,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
                 f"floor view, open loop {rate:.0f} req/s offered: p95 (yardstick)",
                 floor["p95_ms"],
                 "ms",
-                note=_open_note(floor) + "; right after the platform's, its tasks added to the backlog",
+                note=_open_note(floor) + "; right after the platform's open loop, whose tasks joined the backlog",
             )
         )
     front_rps = {name: front[name]["rps"] for name in front}
@@ -144,7 +146,7 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
         Figure(
             s,
             "pools stopped (front door alone): platform / floor",
-            front_rps["platform"] / front_rps["floor"],
+            front_rps["platform"] / max(front_rps["floor"], 1e-9),
             "x",
             note=f"{front_rps['platform']:.0f} against {front_rps['floor']:.0f} req/s, one round each; "
             f"platform {_pcts([front['platform']])}",
@@ -170,19 +172,37 @@ def capacity(keys: Keys, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
 
 @contextlib.contextmanager
 def pools_stopped(stack: Stack) -> Iterator[None]:
-    """SIGSTOP the worker pools and beat for the block, SIGCONT after."""
-    roles = [role for role in ("worker-priority", "worker-default", "worker-low", "beat") if role in stack.role_env]
-    for role in roles:
-        os.killpg(stack.pgid(role), signal.SIGSTOP)
+    """SIGSTOP the worker pools and beat for the block, SIGCONT after. Their slot
+    registrations are kept alive meanwhile (a stopped pool cannot renew them): without
+    them the submit path would hold every task without asking PostgreSQL for room, a
+    lighter submit than with the pools running (llm.services.dispatch.window)."""
+    roles: list[str] = [r for r in ("worker-priority", "worker-default", "worker-low", "beat") if r in stack.role_env]
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    registered: dict[str, dict[str, str]] = {
+        key: cast("dict[str, str]", client.hgetall(key)) for key in client.scan_iter("sy:pool-slots:*")
+    }
+    stopped: list[str] = []
     try:
+        for key, entries in registered.items():  # as if renewed until an hour from now
+            for node, value in entries.items():
+                client.hset(key, node, f"{value.partition(':')[0]}:{time.time() + 3600:.0f}")
+        for role in roles:
+            os.killpg(stack.pgid(role), signal.SIGSTOP)
+            stopped.append(role)
         yield
     finally:
-        for role in roles:
+        for role in stopped:
             os.killpg(stack.pgid(role), signal.SIGCONT)
+        for key, entries in registered.items():  # the pools renew them again within seconds
+            for node, value in entries.items():
+                client.hset(key, node, value)
+        client.close()
 
 
 def _open_note(result: dict[str, Any]) -> str:
     note = f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['errors']} errors"
+    if result.get("error_kinds"):  # e.g. ReadError: a keep-alive connection the server closed
+        note += " (" + ", ".join(f"{kind} {count}" for kind, count in sorted(result["error_kinds"].items())) + ")"
     if result["client_late"]:
         note += f", client late on {result['client_late']} sends"
     return note
