@@ -193,9 +193,11 @@ def pools_stopped(stack: Stack) -> Iterator[None]:
     finally:
         for role in stopped:
             os.killpg(stack.pgid(role), signal.SIGCONT)
-        for key, entries in registered.items():  # the pools renew them again within seconds
+        # Not the values from before the stop: their expiry may have passed meanwhile, and
+        # until the pools renew them (within seconds) the gate would hold every task.
+        for key, entries in registered.items():
             for node, value in entries.items():
-                client.hset(key, node, value)
+                client.hset(key, node, f"{value.partition(':')[0]}:{time.time() + 15:.0f}")
         client.close()
 
 
